@@ -1,0 +1,213 @@
+"""Differentiable per-token attention capture through transformers' AttentionInterface.
+
+`capture_attention(model, num_rows=C, layer=-1)` switches the language model's attention implementation to a
+registered wrapper of the one it already uses (sdpa or eager). The wrapper runs the original kernel unchanged for
+every layer, and for the chosen decoder layer also computes the head-averaged attention rows of the last C queries
+with `ops.attention_rows` (fp32 softmax, O(B*C*T) memory, recomputing backward). The vision tower is untouched.
+
+Why the saved-tensor hooks: under non-reentrant gradient checkpointing the layer is re-run during backward, after
+this context has exited, with the original kernel. Saving the capture's tensors outside the checkpoint's hooks keeps
+the recomputation's saved-tensor sequence identical to a forward without capture, so both paths agree.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .ops.attention_rows import attention_rows
+
+__all__ = ["capture_attention", "AttentionCapture", "CaptureError", "find_decoder_layers", "unwrap_model"]
+
+WRAPPABLE = ("sdpa", "eager")
+_PREFIX = "trl_attention_capture_"
+_STATE_ATTR = "_trl_attention_captures"
+_switched: dict[int, list] = {}  # id(config) -> [config, original implementation, depth]
+
+
+class CaptureError(RuntimeError):
+    """The model or its attention implementation cannot be captured."""
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass (e.g. a gradient-checkpointing recomputation)."""
+    return torch._C._current_graph_task_id() != -1
+
+
+def _base_function(module: nn.Module, base: str):
+    if base == "eager":  # eager lives in each modeling file, not in the interface
+        fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        if fn is None:
+            raise CaptureError(f"{type(module).__name__} has no eager_attention_forward in {type(module).__module__}")
+        return fn
+    return ALL_ATTENTION_FUNCTIONS[base]
+
+
+def _make_wrapper(base: str):
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        output = _base_function(module, base)(module, query, key, value, attention_mask, *args, **kwargs)
+        captures = getattr(module, _STATE_ATTR, None)
+        if captures and not _in_backward():
+            for cap in captures:
+                cap._record(module, query, key, attention_mask, kwargs)
+        return output
+
+    attention.__name__ = f"{_PREFIX}{base}"
+    return attention
+
+
+def _register(base: str) -> str:
+    name = f"{_PREFIX}{base}"
+    if name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionInterface.register(name, _make_wrapper(base))
+        # Without a mask function under the same name transformers passes no mask at all (padding ignored).
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[base])
+    return name
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DDP / DeepSpeed / FSDP (`.module`) and PEFT (`get_base_model()`) wrappers."""
+    for _ in range(16):
+        if hasattr(model, "get_base_model") and callable(model.get_base_model) and model.get_base_model() is not model:
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
+    return model
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The language model's decoder layers (each with `.self_attn`), or a CaptureError naming the class."""
+    base = unwrap_model(model)
+    candidates = []
+    if hasattr(base, "get_decoder"):
+        try:
+            candidates.append(base.get_decoder())
+        except Exception:  # some models raise for a missing decoder; fall through to the attributes
+            pass
+    candidates += [getattr(base, "model", None), getattr(getattr(base, "model", None), "language_model", None), base]
+    for obj in candidates:
+        layers = getattr(obj, "layers", None)
+        if isinstance(layers, nn.ModuleList) and len(layers) and hasattr(layers[0], "self_attn"):
+            return layers
+    raise CaptureError(
+        f"capture_attention cannot find the decoder layers of {type(base).__name__}: it supports decoder-only "
+        "language models and VLMs whose `get_decoder()` (or `.model`) has `.layers[i].self_attn` "
+        "(Llama, Qwen2, Qwen3, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, ...)."
+    )
+
+
+@dataclass
+class AttentionCapture:
+    """Captured attention rows. Use through `capture_attention(...)`; read `probs` (or `records`) afterwards."""
+
+    model: nn.Module
+    num_rows: int | None = None
+    layer: int = -1
+    max_heads: int | None = None
+    records: list = field(default_factory=list)
+    _module: nn.Module | None = field(default=None, repr=False)
+    _depth: int = 0
+
+    def __post_init__(self):
+        layers = find_decoder_layers(self.model)
+        if not -len(layers) <= self.layer < len(layers):
+            raise CaptureError(f"layer={self.layer} is out of range for {len(layers)} decoder layers")
+        self.layer_index = self.layer % len(layers)
+        self._module = layers[self.layer_index].self_attn
+        config = getattr(self._module, "config", None)
+        impl = getattr(config, "_attn_implementation", None)
+        if impl is not None and impl.startswith(_PREFIX):
+            impl = impl[len(_PREFIX) :]
+        if impl not in WRAPPABLE:
+            raise CaptureError(
+                f"capture_attention cannot wrap attention implementation {impl!r} of "
+                f"{type(unwrap_model(self.model)).__name__}; supported: {', '.join(WRAPPABLE)} "
+                "(load the model with attn_implementation='sdpa')."
+            )
+        self._config, self._base = config, impl
+
+    # -- context management -------------------------------------------------------------------------------------
+    def __enter__(self) -> "AttentionCapture":
+        if self._depth == 0:
+            self._check_checkpointing()
+            entry = _switched.setdefault(id(self._config), [self._config, self._config._attn_implementation, 0])
+            if entry[2] == 0:
+                self._config._attn_implementation_internal = _register(self._base)
+            entry[2] += 1
+            captures = getattr(self._module, _STATE_ATTR, None) or []
+            setattr(self._module, _STATE_ATTR, captures + [self])
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        captures = [c for c in getattr(self._module, _STATE_ATTR, []) if c is not self]
+        setattr(self._module, _STATE_ATTR, captures)
+        entry = _switched[id(self._config)]
+        entry[2] -= 1
+        if entry[2] == 0:
+            self._config._attn_implementation_internal = entry[1]
+            del _switched[id(self._config)]
+
+    def _check_checkpointing(self):
+        layer = find_decoder_layers(self.model)[self.layer_index]
+        func = getattr(layer, "_gradient_checkpointing_func", None)
+        reentrant = getattr(func, "keywords", {}).get("use_reentrant", False)
+        if torch.is_grad_enabled() and layer.gradient_checkpointing and layer.training and reentrant:
+            raise CaptureError(
+                "capture_attention needs non-reentrant gradient checkpointing to get gradients (reentrant "
+                "checkpointing runs the layer under no_grad); set gradient_checkpointing_kwargs="
+                "{'use_reentrant': False}."
+            )
+
+    # -- recording ----------------------------------------------------------------------------------------------
+    def _record(self, module, query, key, attention_mask, kwargs):
+        for name in ("softcap", "s_aux", "position_bias"):
+            if kwargs.get(name) is not None:
+                raise CaptureError(f"capture_attention does not support attention with `{name}` ({type(module).__name__})")
+        window = kwargs.get("sliding_window")
+        if window is not None and attention_mask is None and key.shape[2] > window:
+            raise CaptureError("capture_attention needs an explicit mask for sliding-window attention")
+        is_causal = kwargs.get("is_causal")
+        is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        # Identity hooks: keep the capture's saved tensors out of any enclosing checkpoint (see module docstring).
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            probs = attention_rows(
+                query, key, attention_mask, kwargs.get("scaling"), is_causal, self.num_rows, self.max_heads
+            )
+        self.records.append(probs)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(B, C, T): all recorded forwards concatenated along the batch (TRL scores a batch in chunks)."""
+        if not self.records:
+            raise CaptureError("no attention was captured: no forward of the language model ran inside the capture")
+        if len(self.records) == 1:
+            return self.records[0]
+        shapes = {tuple(r.shape[1:]) for r in self.records}
+        if len(shapes) > 1:
+            raise CaptureError(f"captured forwards have different row/key sizes {sorted(shapes)}; read `records`")
+        return torch.cat(self.records, dim=0)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+
+def capture_attention(model: nn.Module, num_rows: int | None = None, layer: int = -1, max_heads: int | None = None):
+    """Context manager capturing the head-averaged attention of the last `num_rows` queries of decoder `layer`.
+
+    Every forward of the language model inside the block appends one (B, C, T) fp32 tensor to `cap.records`;
+    `cap.probs` concatenates them. Rows are differentiable w.r.t. the model when grad is enabled. Entering the same
+    capture again keeps accumulating; call `cap.clear()` to start over.
+    """
+    return AttentionCapture(model, num_rows=num_rows, layer=layer, max_heads=max_heads)

@@ -1,0 +1,135 @@
+"""Head-averaged attention rows, torch reference kernel + autograd Function.
+
+`attention_rows(query, key, bias, scaling)` returns, for every query row given, the post-softmax attention over
+all keys averaged over heads: (B, C, T) in float32. It is the one numeric primitive of the capture layer; a fused
+Triton kernel can sit behind the same signature.
+
+Memory is O(B*C*T): heads are processed in chunks that never exceed one key/value group (or `max_heads`), and
+the backward recomputes the softmax chunk by chunk instead of saving H*C*T probabilities.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["attention_rows", "AttentionRowsFunction", "normalize_mask", "DEFAULT_MAX_HEADS"]
+
+# Upper bound on query heads held at once: bounds the transient (max_heads, B, C, T) fp32 buffers.
+DEFAULT_MAX_HEADS = 4
+
+
+def _head_chunks(num_heads: int, num_kv_heads: int, max_heads: int):
+    """Yield (kv_head, first_query_head, last_query_head) chunks; GQA heads of one chunk share one key head."""
+    if num_heads % num_kv_heads:
+        raise ValueError(f"query heads ({num_heads}) must be a multiple of key/value heads ({num_kv_heads})")
+    group = num_heads // num_kv_heads
+    step = max(1, min(group, max_heads))
+    for kv in range(num_kv_heads):
+        for start in range(kv * group, (kv + 1) * group, step):
+            yield kv, start, min(start + step, (kv + 1) * group)
+
+
+def _softmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim that returns zeros (not NaN) for rows whose every key is masked with -inf."""
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    exp = torch.exp(scores - row_max)
+    denom = exp.sum(dim=-1, keepdim=True)
+    return exp / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def _acc_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """fp32 for half types and fp32; fp64 stays fp64 so gradcheck can run."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _chunk_probs(q, k, bias, scaling, kv, h0, h1):
+    """Probabilities (B, h, C, T) of query heads [h0, h1) against key head kv, in fp32 (fp64 for fp64 input)."""
+    acc = _acc_dtype(q)
+    scores = torch.matmul(q[:, h0:h1].to(acc), k[:, kv : kv + 1].to(acc).transpose(-1, -2)) * scaling
+    if bias is not None:
+        scores = scores + bias
+    return _softmax_rows(scores)
+
+
+class AttentionRowsFunction(torch.autograd.Function):
+    """Forward: mean over heads of softmax(q k^T * scaling + bias). Backward recomputes per head chunk."""
+
+    @staticmethod
+    def forward(ctx, query, key, bias, scaling, max_heads):
+        batch, num_heads, rows, _ = query.shape
+        out = torch.zeros(batch, rows, key.shape[2], dtype=_acc_dtype(query), device=query.device)
+        for kv, h0, h1 in _head_chunks(num_heads, key.shape[1], max_heads):
+            out += _chunk_probs(query, key, bias, scaling, kv, h0, h1).sum(dim=1)
+        out /= num_heads
+        ctx.save_for_backward(query, key, bias)
+        ctx.scaling, ctx.max_heads = scaling, max_heads
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, bias = ctx.saved_tensors
+        num_heads = query.shape[1]
+        acc = _acc_dtype(query)
+        grad = (grad_out.to(acc) / num_heads).unsqueeze(1)  # (B, 1, C, T), same for every head
+        need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dq = torch.zeros(query.shape, dtype=acc, device=query.device) if need_q else None
+        dk = torch.zeros(key.shape, dtype=acc, device=key.device) if need_k else None
+        for kv, h0, h1 in _head_chunks(num_heads, key.shape[1], ctx.max_heads):
+            probs = _chunk_probs(query, key, bias, ctx.scaling, kv, h0, h1)
+            dscores = probs * (grad - (probs * grad).sum(dim=-1, keepdim=True))  # softmax backward
+            dscores = dscores * ctx.scaling
+            del probs
+            if need_q:
+                dq[:, h0:h1] = torch.matmul(dscores, key[:, kv : kv + 1].to(acc))
+            if need_k:
+                dk[:, kv] += torch.matmul(dscores.transpose(-1, -2), query[:, h0:h1].to(acc)).sum(dim=1)
+        dq = dq.to(query.dtype) if need_q else None
+        dk = dk.to(key.dtype) if need_k else None
+        return dq, dk, None, None, None
+
+
+def normalize_mask(attention_mask, batch: int, rows: int, q_len: int, kv_len: int, is_causal: bool, device):
+    """Turn any transformers mask for the last `rows` queries into an additive fp32 bias (B|1, 1, C, T) or None.
+
+    Accepted: None (causal when `is_causal`), a 4D bool mask (True = attend), a 4D additive float mask, or a 2D
+    padding mask (B, T) with 1 = keep (flash-attention style, causal applied on top when `is_causal`). Query rows
+    are the last `rows` of the query; causality is bottom-right aligned (query j sits at kv_len - q_len + j).
+    """
+    keep = None
+    if attention_mask is None:
+        pass
+    elif attention_mask.dim() == 4:
+        mask = attention_mask[..., -rows:, -kv_len:]
+        if mask.shape[1] != 1:
+            raise ValueError(f"per-head attention masks are not supported (mask shape {tuple(attention_mask.shape)})")
+        if mask.dtype == torch.bool:
+            keep = mask
+        else:
+            return mask.to(torch.float64 if mask.dtype == torch.float64 else torch.float32)
+    elif attention_mask.dim() == 2:
+        keep = attention_mask[:, None, None, -kv_len:].bool()
+    else:
+        raise ValueError(f"unsupported attention mask of shape {tuple(attention_mask.shape)}")
+    if is_causal and (attention_mask is None or attention_mask.dim() == 2):
+        query_pos = torch.arange(kv_len - rows, kv_len, device=device)[:, None]
+        causal = torch.arange(kv_len, device=device)[None, :] <= query_pos
+        keep = causal[None, None] if keep is None else keep & causal
+    if keep is None:
+        return None
+    zero = torch.zeros((), dtype=torch.float32, device=device)
+    return torch.where(keep, zero, torch.full((), float("-inf"), device=device))
+
+
+def attention_rows(query, key, attention_mask=None, scaling=None, is_causal=True, num_rows=None, max_heads=None):
+    """Head-averaged post-softmax attention of the last `num_rows` queries: (B, C, T) float32, differentiable.
+
+    query: (B, H, Q, D); key: (B, H_kv, T, D) (GQA not repeated). `attention_mask` as in `normalize_mask`.
+    Softmax runs in fp32 whatever the input dtype.
+    """
+    batch, _, q_len, head_dim = query.shape
+    rows = q_len if num_rows is None else min(int(num_rows), q_len)
+    scaling = head_dim**-0.5 if scaling is None else float(scaling)
+    bias = normalize_mask(attention_mask, batch, rows, q_len, key.shape[2], is_causal and q_len > 1, query.device)
+    q_rows = query[:, :, q_len - rows :].contiguous()
+    return AttentionRowsFunction.apply(q_rows, key, bias, scaling, max_heads or DEFAULT_MAX_HEADS)
