@@ -1,0 +1,30 @@
+"""Shared fixtures: TRL configs and data for fast CPU trainer tests."""
+
+import os
+
+import pytest
+from datasets import Dataset
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PROMPTS = ["the red square is", "what colour is the circle", "where is the blue triangle", "name a shape"]
+
+
+def length_reward(completions, **kwargs):
+    """Dense, varied reward so GRPO advantages are non-zero with a random tiny model."""
+    return [len(set(c if isinstance(c, str) else c[0]["content"])) / 10.0 for c in completions]
+
+
+@pytest.fixture
+def text_dataset():
+    return Dataset.from_dict({"prompt": PROMPTS * 4})
+
+
+def trainer_args(config_cls, output_dir, **overrides):
+    values = dict(
+        output_dir=str(output_dir), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
+        max_steps=3, learning_rate=1e-2, report_to=[], logging_steps=1, seed=0, save_strategy="no", bf16=False,
+        use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    values.update(overrides)
+    return config_cls(**values)
