@@ -193,3 +193,26 @@ def test_vlm_run_logs_image_mass(tmp_path):
     masses = _logged(trainer, "attention/image_mass")
     assert len(masses) == 2 and all(0.0 < m < 1.0 for m in masses)
     assert _logged(trainer, "attention/jsd")[1] > 1e-7
+
+
+def test_fallback_forward_gives_the_same_old_attention(tmp_path, text_dataset):
+    """If TRL ran old logps without our capture seeing it, one extra no-grad forward must give the same p_old."""
+    model, tokenizer = build_tiny_lm(seed=0)
+    args = trainer_args(AttentionGRPOConfig, tmp_path, num_iterations=2, gradient_accumulation_steps=1)
+    trainer = AttentionGRPOTrainer(model=model, reward_funcs=length_reward, args=args, train_dataset=text_dataset,
+                                   processing_class=tokenizer)  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    torch.manual_seed(0)
+    captured = trainer._generate_and_score_completions(batch)
+    trainer._trl_scores_old_logps = lambda: False  # pretend the prediction missed: nothing captured in TRL's pass
+    calls = []
+    original = GRPOTrainer._get_per_token_logps_and_entropies
+    try:
+        GRPOTrainer._get_per_token_logps_and_entropies = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+        torch.manual_seed(0)
+        fallback = trainer._generate_and_score_completions(batch)
+    finally:
+        GRPOTrainer._get_per_token_logps_and_entropies = original
+    assert len(calls) == 2  # TRL's old-logps pass + our one extra pass
+    assert torch.equal(captured["completion_ids"], fallback["completion_ids"])
+    torch.testing.assert_close(fallback["old_attention_probs"], captured["old_attention_probs"], atol=1e-6, rtol=0)
