@@ -217,3 +217,60 @@ def test_other_attention_modules_keep_their_kernel():
     with capture_attention(model, num_rows=1):
         during = model(input_ids=ids).logits
     assert torch.equal(before, during)  # the capture does not change the model's output bit for bit
+
+
+def _tiny_vl(kind):
+    """Tiny Qwen2-VL / Qwen3-VL from configs, with hand-made inputs (4 image tokens per row, left padding)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    text = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    ids = dict(image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4)
+    torch.manual_seed(0)
+    if kind == "qwen3_vl":
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, out_hidden_size=64,
+                      num_position_embeddings=64, deepstack_visual_indexes=[0])  # fmt: skip
+        model, patch = Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision, **ids)), 16
+    else:
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14)
+        model, patch = Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, vision_config=vision, **ids)), 14
+    input_ids = torch.tensor([[0, 0, 10, 11, 3, 5, 5, 5, 5, 4, 12, 13, 14], [20, 21, 22, 23, 3, 5, 5, 5, 5, 4, 12, 13, 15]])
+    mask = torch.ones_like(input_ids)
+    mask[0, :2] = 0
+    inputs = dict(input_ids=input_ids, attention_mask=mask, pixel_values=torch.randn(32, 3 * 2 * patch * patch),
+                  image_grid_thw=torch.tensor([[1, 4, 4], [1, 4, 4]]), mm_token_type_ids=(input_ids == 5).long())  # fmt: skip
+    return model, inputs
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen3_vl"])
+def test_other_vlm_families_match_eager(kind):
+    model, inputs = _tiny_vl(kind)
+    eager = _eager_twin(model)
+    with capture_attention(model, num_rows=5) as cap:
+        model(**inputs)
+    ref, _ = _eager_rows(eager, 5, **inputs)
+    torch.testing.assert_close(cap.probs, ref, atol=1e-5, rtol=0)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))
+    (cap.probs * w).sum().backward()
+    (ref * w).sum().backward()
+    _assert_grads_close(_grads(model), _grads(eager))
+
+
+def test_ddp_wrapped_model_is_captured(lm, tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(copy.deepcopy(lm))
+        with capture_attention(model, num_rows=3) as cap:
+            model(**_lm_inputs())
+        ref, _ = _eager_rows(_eager_twin(lm), 3, **_lm_inputs())
+        valid = _lm_inputs()["attention_mask"].bool()[:, -3:]
+        torch.testing.assert_close(cap.probs[valid], ref[valid], atol=1e-5, rtol=0)
+        (cap.probs * torch.randn(cap.probs.shape)).sum().backward()  # DDP's reducer accepts the capture's graph
+        assert model.module.model.layers[-1].self_attn.q_proj.weight.grad.abs().sum() > 0
+    finally:
+        dist.destroy_process_group()
