@@ -1,6 +1,7 @@
 """capture_attention vs eager `output_attentions` (values and gradients) and the kernel against autograd."""
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -274,3 +275,21 @@ def test_ddp_wrapped_model_is_captured(lm, tmp_path):
         assert model.module.model.layers[-1].self_attn.q_proj.weight.grad.abs().sum() > 0
     finally:
         dist.destroy_process_group()
+
+
+def test_memory_is_bounded_by_rows_not_heads(monkeypatch):
+    """Nothing of size H*C*T is saved for backward, and forward/backward hold at most max_heads heads at once."""
+    module = importlib.import_module("trl_attention.ops.attention_rows")  # the module, not the function
+
+    batch, heads, rows, length, dim = 1, 8, 32, 64, 4
+    q = torch.randn(batch, heads, rows, dim, requires_grad=True)
+    k = torch.randn(batch, 1, length, dim, requires_grad=True)  # MQA: one key group holds all 8 heads
+    chunk_heads, saved = [], []
+    original = module._chunk_probs
+    monkeypatch.setattr(module, "_chunk_probs", lambda *a: chunk_heads.append(original(*a).shape[1]) or original(*a))
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = attention_rows(q, k, None, None, True, num_rows=rows, max_heads=2)
+    out.mul(torch.randn(out.shape)).sum().backward()
+    assert max(chunk_heads) == 2 and len(chunk_heads) == 2 * heads // 2  # forward + backward, 4 chunks each
+    assert max(saved) <= max(batch * heads * rows * dim, batch * length * dim, batch * rows * length)
+    assert max(saved) < batch * heads * rows * length

@@ -1,0 +1,93 @@
+"""Command line: `trl-attention demo [--max_steps N ...]` (also `python -m trl_attention demo`).
+
+The `demo` flags are generated from `DemoConfig`'s fields (type, default and help from the field metadata), so
+the CLI and the Python API cannot drift apart. Each flag is accepted with underscores (`--max_steps`, as in TRL's
+scripts) or dashes (`--max-steps`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from . import __version__
+
+__all__ = ["main", "build_parser", "add_dataclass_arguments"]
+
+
+def _demo_config_cls():
+    from .demo import DemoConfig  # imports torch/TRL; only needed once a command runs or help is built
+
+    return DemoConfig
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """Add one `--field` option per dataclass field of `cls` (bools get `--field/--no-field`)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if typing.get_origin(kind) is typing.Union or type(kind).__name__ == "UnionType":  # Optional[X] -> X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        help_text = f.metadata.get("help", "") + " (default: %(default)s)"
+        if kind is bool:
+            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)  # fmt: skip
+        else:
+            metavar = getattr(kind, "__name__", "VALUE").upper()
+            parser.add_argument(*names, dest=f.name, type=kind, default=default, metavar=metavar, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trl-attention",
+        description="Train and steer multimodal LLMs on where they look (TRL extension).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    demo = commands.add_parser(
+        "demo",
+        help="Train the tiny VLM with AttentionGRPOTrainer (RAL) on synthetic grounding data, on CPU.",
+        description="Run AttentionGRPOTrainer on a tiny Qwen2.5-VL and a synthetic grounding dataset, then write "
+        "metrics.json/.csv, metrics.png and attention_heatmap.png into --output_dir.",
+    )
+    add_dataclass_arguments(demo, _demo_config_cls())
+    return parser
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    DemoConfig = _demo_config_cls()
+    config = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
+    result = run_demo(config)
+    print(f"\nTrained {result['steps']} steps in {result['train_seconds']:.1f} s. Final metrics:")
+    for key, value in result["final_metrics"].items():
+        print(f"  {key:<28} {value:.4g}")
+    print(f"  {'max attention/jsd':<28} {result['max_attention_jsd']:.4g}")
+    print(f"  {'heatmap image mass':<28} {result['heatmap_image_mass']:.4g}")
+    print("Wrote:")
+    for key in ("metrics_json", "metrics_csv", "metrics_png", "heatmap_png"):
+        print(f"  {result[key]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `trl-attention` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and usage errors: return argparse's status instead of exiting
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    if args.command == "demo":
+        return _run_demo(args)
+    parser.error(f"unknown command {args.command!r}")  # unreachable: argparse rejects unknown commands
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
