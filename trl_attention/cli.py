@@ -13,14 +13,9 @@ import sys
 import typing
 
 from . import __version__
+from .demo import DemoConfig, run_demo
 
 __all__ = ["main", "build_parser", "add_dataclass_arguments"]
-
-
-def _demo_config_cls():
-    from .demo import DemoConfig  # imports torch/TRL; only needed once a command runs or help is built
-
-    return DemoConfig
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
@@ -55,15 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run AttentionGRPOTrainer on a tiny Qwen2.5-VL and a synthetic grounding dataset, then write "
         "metrics.json/.csv, metrics.png and attention_heatmap.png into --output_dir.",
     )
-    add_dataclass_arguments(demo, _demo_config_cls())
+    add_dataclass_arguments(demo, DemoConfig)
     return parser
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    DemoConfig = _demo_config_cls()
-    config = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
+    try:
+        config = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
+    except ValueError as error:
+        print(f"trl-attention demo: error: {error}", file=sys.stderr)
+        return 2
     result = run_demo(config)
     print(f"\nTrained {result['steps']} steps in {result['train_seconds']:.1f} s. Final metrics:")
     for key, value in result["final_metrics"].items():
@@ -83,10 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors: return argparse's status instead of exiting
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
-    if args.command == "demo":
-        return _run_demo(args)
-    parser.error(f"unknown command {args.command!r}")  # unreachable: argparse rejects unknown commands
-    return 2
+    commands = {"demo": _run_demo}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

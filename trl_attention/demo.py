@@ -59,6 +59,15 @@ class DemoConfig:
     learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate (linear decay)."})
     seed: int = field(default=0, metadata={"help": "Seed of the model weights, the dataset and training."})
 
+    def __post_init__(self):
+        if self.num_generations < 2 or self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple of "
+                f"num_generations={self.num_generations} (>= 2)"
+            )
+        if self.max_steps < 1 or self.num_samples < 1 or self.num_iterations < 1 or self.max_completion_length < 1:
+            raise ValueError("max_steps, num_samples, num_iterations and max_completion_length must be >= 1")
+
 
 # ------------------------------------------------------------------------------------------------ rewards
 
@@ -130,11 +139,6 @@ def _last(rows: list[dict], key: str):
 def run_demo(config: DemoConfig | None = None) -> dict:
     """Train the tiny VLM with AttentionGRPOTrainer and write metrics + plots; returns paths and final metrics."""
     config = config if config is not None else DemoConfig()
-    if config.per_device_train_batch_size % config.num_generations:
-        raise ValueError(
-            f"per_device_train_batch_size={config.per_device_train_batch_size} must be a multiple of "
-            f"num_generations={config.num_generations}"
-        )
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 

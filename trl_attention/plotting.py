@@ -74,7 +74,7 @@ def plot_metrics(history: list[dict], path) -> str:
         if key == "reward":
             for other in sorted({k for row in history for k in row if k.startswith("rewards/") and k.endswith("/mean")}):
                 s, v = _series(history, other)
-                label = other.split("/")[1]
+                label = f"{other.split('/')[1]} (unweighted)"
                 ax.plot(s, _smooth(v, max(1, len(v) // 20)), lw=1, ls="--", label=label)
             ax.legend(fontsize=8, loc="best")
     for ax in axes[-1]:
@@ -140,7 +140,8 @@ def attention_heatmap(model, processor, example: dict, path, layer: int = -1) ->
     grid = values.reshape(t, rows, cols).sum(0)
 
     width, height = image.size
-    upsampled = np.asarray(Image.fromarray(grid.astype(np.float32)).resize((width, height), Image.BILINEAR))
+    # NEAREST: one flat cell per visual token, no smoothing that would suggest finer resolution than exists
+    upsampled = np.asarray(Image.fromarray(grid.astype(np.float32)).resize((width, height), Image.NEAREST))
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.imshow(image)
     overlay = ax.imshow(upsampled, cmap="inferno", alpha=0.55, extent=(-0.5, width - 0.5, height - 0.5, -0.5))
