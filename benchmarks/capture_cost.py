@@ -1,6 +1,7 @@
 """Cost of attention capture in one training step (forward + backward + optimiser step), one run, as ratios.
 
-Modes, each in a fresh subprocess so peak memory is its own:
+Modes (peak memory: each mode in a fresh subprocess; time: the modes interleaved in one process, median of
+`--repeats` rounds, so machine-load drift hits every mode alike):
   sdpa     the model's fast kernel, no capture (baseline)
   capture  sdpa everywhere + capture_attention on the last layer, the captured rows enter the loss
   eager    the anchors' way: eager attention in every layer with output_attentions=True
@@ -20,12 +21,15 @@ import sys
 import time
 
 
+MODES = ("sdpa", "capture", "eager")
+
+
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def run_mode(args) -> dict:
+def build(args):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -38,16 +42,16 @@ def run_mode(args) -> dict:
         num_attention_heads=args.heads, num_key_value_heads=args.heads, max_position_embeddings=args.seq,
     )  # fmt: skip
     model = Qwen2ForCausalLM(config).to(device, dtype=getattr(torch, args.dtype))
-    model.set_attn_implementation("eager" if args.mode == "eager" else "sdpa")
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     ids = torch.randint(0, 1024, (args.batch, args.seq), device=device)
 
-    def step():
-        if args.mode == "capture":
+    def step(mode):
+        model.set_attn_implementation("eager" if mode == "eager" else "sdpa")
+        if mode == "capture":
             with capture_attention(model, num_rows=args.rows) as cap:
                 out = model(input_ids=ids)
             rows = cap.probs
-        elif args.mode == "eager":
+        elif mode == "eager":
             out = model(input_ids=ids, output_attentions=True)
             rows = out.attentions[-1].float().mean(1)[:, -args.rows :]
         else:
@@ -58,7 +62,17 @@ def run_mode(args) -> dict:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
+    return step, device
+
+
+def peak_memory(args) -> float:
+    """MiB above the post-setup baseline for one warm-up step and one measured step of `args.mode`."""
+    import torch
+
+    step, device = build(args)
     # Baseline before the first step: ru_maxrss is a lifetime peak, so it must include the warm-up step.
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -66,24 +80,30 @@ def run_mode(args) -> dict:
         base = torch.cuda.memory_allocated()
     else:
         base = _rss_mib()
-    step()  # warm-up (allocator, lazy init)
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    step(args.mode)  # warm-up (allocator, lazy init)
+    step(args.mode)
     if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    return {"mode": args.mode, "seconds": sorted(times)[len(times) // 2], "peak_mib": peak}
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+
+
+def step_times(args, modes) -> dict:
+    """Median step seconds per mode, the modes interleaved round by round in one process."""
+    step, _ = build(args)
+    for mode in modes:
+        step(mode)  # warm-up
+    times = {mode: [] for mode in modes}
+    for _ in range(args.repeats):
+        for mode in modes:
+            start = time.perf_counter()
+            step(mode)
+            times[mode].append(time.perf_counter() - start)
+    return {mode: sorted(t)[len(t) // 2] for mode, t in times.items()}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["sdpa", "capture", "eager"], help="run one mode (internal)")
+    parser.add_argument("--mode", choices=MODES, help="measure one mode's peak memory (internal)")
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--rows", type=int, default=512, help="captured query rows (completion length)")
     parser.add_argument("--batch", type=int, default=1)
@@ -95,16 +115,19 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     if args.mode:
-        print(json.dumps(run_mode(args)))
+        print(json.dumps({"peak_mib": peak_memory(args)}))
         return 0
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
+    forwarded = list(argv if argv is not None else sys.argv[1:])
     results = {}
-    for mode in ("sdpa", "capture", "eager"):
+    # Memory first: Linux carries ru_maxrss across fork+exec, so children must start from a small parent.
+    for mode in MODES:
         proc = subprocess.run([sys.executable, __file__, "--mode", mode, *forwarded], capture_output=True, text=True)
         if proc.returncode:
             print(proc.stderr, file=sys.stderr)
             return proc.returncode
         results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for mode, seconds in step_times(args, MODES).items():
+        results[mode]["seconds"] = seconds
     base = results["sdpa"]
     print(f"seq={args.seq} rows={args.rows} layers={args.layers} heads={args.heads} hidden={args.hidden} "
           f"batch={args.batch} dtype={args.dtype} device={args.device}")  # fmt: skip
