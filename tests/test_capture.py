@@ -293,3 +293,25 @@ def test_memory_is_bounded_by_rows_not_heads(monkeypatch):
     assert max(chunk_heads) == 2 and len(chunk_heads) == 2 * heads // 2  # forward + backward, 4 chunks each
     assert max(saved) <= max(batch * heads * rows * dim, batch * length * dim, batch * rows * length)
     assert max(saved) < batch * heads * rows * length
+
+
+def test_eager_base_with_additive_float_mask(lm):
+    """An eager model hands the capture an additive float mask (min-value for padding), sdpa a bool one."""
+    model = _eager_twin(lm)
+    reference = _eager_twin(lm)
+    seen = []
+    hook = model.model.layers[-1].self_attn.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["attention_mask"].dtype), with_kwargs=True
+    )
+    inputs = _lm_inputs()
+    with capture_attention(model, num_rows=6) as cap:
+        model(**inputs)
+    hook.remove()
+    assert seen == [torch.float32] and model.config._attn_implementation == "eager"
+    ref, _ = _eager_rows(reference, 6, **inputs)
+    valid = inputs["attention_mask"].bool()[:, -6:]
+    torch.testing.assert_close(cap.probs[valid], ref[valid], atol=1e-6, rtol=0)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(7)) * valid[..., None]
+    (cap.probs * w).sum().backward()
+    (ref * w).sum().backward()
+    _assert_grads_close(_grads(model), _grads(reference))
