@@ -3,9 +3,8 @@
 L = L_GRPO + attn_coef * masked_mean_t( A_t * JSD(p_theta^t || p_old^t) ), PAPERS.md section 1.
 
 How it rides on TRL without copying its methods:
-- p_old: `_generate_and_score_completions` arms a capture that `_get_per_token_logps_and_entropies` opens around
-  TRL's own old-logps forward; the rows travel in the batch dict as `old_attention_probs`, so TRL's shuffling and
-  splitting keep them aligned. When TRL skips that forward (the policy is the rollout policy), p_old is p_theta
+- p_old: `ScoringCaptureMixin` (scoring.py) captures inside TRL's own old-logps forward; the rows travel in the
+  batch dict as `old_attention_probs`, so TRL's shuffling and splitting keep them aligned. When TRL skips that forward (the policy is the rollout policy), p_old is p_theta
   detached, exactly like TRL's old logps: the term is then 0 with 0 gradient, as it is mathematically.
 - p_theta: `_compute_loss` wraps TRL's loss forward in a capture (no second forward) and adds the term with the
   normalisation TRL applies to its policy loss for the configured `loss_type`.
@@ -22,17 +21,11 @@ from trl import GRPOConfig, GRPOTrainer
 
 from .capture import AttentionCapture, capture_attention, unwrap_model
 from .losses import attention_entropy, attention_policy, jsd
+from .scoring import ScoringCaptureMixin
 
 __all__ = ["AttentionGRPOConfig", "AttentionGRPOTrainer"]
 
 logger = logging.getLogger(__name__)
-
-# Keys of a TRL batch that `_get_per_token_logps_and_entropies` takes as model inputs.
-_FORWARD_KEYS = (
-    "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
-    "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
-)  # fmt: skip
-
 
 @dataclass
 class AttentionGRPOConfig(GRPOConfig):
@@ -59,16 +52,16 @@ class AttentionGRPOConfig(GRPOConfig):
     )
 
 
-class AttentionGRPOTrainer(GRPOTrainer):
-    """[`~trl.GRPOTrainer`] with RAL's attention-policy loss. Same constructor; configure with
-    [`AttentionGRPOConfig`] (a plain `GRPOConfig` gets the RAL defaults)."""
+class AttentionGRPOTrainer(ScoringCaptureMixin, GRPOTrainer):
+    """[`~trl.GRPOTrainer`] with RAL's attention-policy loss, and attention for rewards that ask for it
+    (`trl_attention.rewards`). Same constructor; configure with [`AttentionGRPOConfig`] (a plain `GRPOConfig`
+    gets the RAL defaults)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.attn_coef = float(getattr(self.args, "attn_coef", AttentionGRPOConfig.attn_coef))
         self.attn_layer = int(getattr(self.args, "attn_layer", AttentionGRPOConfig.attn_layer))
-        self._attn_pending_old = False
-        self._attn_old_probs = None
+        self._init_scoring_capture(self.attn_layer, needs_old_attention=self.attn_coef != 0)
         if self.attn_coef != 0:
             AttentionCapture(self.model, layer=self.attn_layer)  # fail now, not mid-training, on unsupported models
             generate_every = self.args.steps_per_generation * self.num_iterations
@@ -82,59 +75,6 @@ class AttentionGRPOTrainer(GRPOTrainer):
                 )
                 warnings.warn(message, UserWarning, stacklevel=2)
                 logger.warning(message)
-
-    # -- p_old: captured inside TRL's old-logps forward ---------------------------------------------------------
-    def _trl_scores_old_logps(self) -> bool:
-        """TRL's own condition for running the old-logps forward (see GRPOTrainer._generate_and_score_completions)."""
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        return self.args.gradient_accumulation_steps % generate_every != 0 or bool(
-            self.use_vllm and self.vllm_importance_sampling_correction
-        )
-
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        if not self._attn_pending_old or model is not self.model or torch.is_grad_enabled():
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
-            )
-        self._attn_pending_old = False  # only the first scoring forward is the old policy's
-        with capture_attention(model, num_rows=logits_to_keep, layer=self.attn_layer) as cap:
-            result = super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
-            )
-        self._attn_old_probs = cap.probs
-        return result
-
-    def _generate_and_score_completions(self, inputs):
-        if self.attn_coef == 0:
-            return super()._generate_and_score_completions(inputs)
-        self._attn_old_probs = None
-        self._attn_pending_old = self._trl_scores_old_logps()
-        try:
-            output = super()._generate_and_score_completions(inputs)
-        finally:
-            self._attn_pending_old = False
-        old_probs, self._attn_old_probs = self._attn_old_probs, None
-        if "old_per_token_logps" in output:
-            output["old_attention_probs"] = old_probs if old_probs is not None else self._score_old_attention(output)
-        return output
-
-    @torch.no_grad()
-    def _score_old_attention(self, batch) -> torch.Tensor:
-        """One extra no-grad forward, used only if TRL ran old logps without our capture seeing it."""
-        mode = "train" if self.model.training else "eval"
-        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-        self._attn_pending_old = True
-        try:
-            self._get_per_token_logps_and_entropies(
-                self.model, input_ids, attention_mask, batch["completion_ids"].size(1), batch_size=batch_size,
-                **{key: batch.get(key) for key in _FORWARD_KEYS},
-            )  # fmt: skip
-        finally:
-            self._attn_pending_old = False
-        old_probs, self._attn_old_probs = self._attn_old_probs, None
-        return old_probs
 
     # -- p_theta: captured inside TRL's loss forward ------------------------------------------------------------
     def _compute_loss(self, model, inputs):

@@ -35,6 +35,8 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QW
 from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from .regions import region_token_indices
+
 __all__ = [
     "SPECIAL_TOKENS",
     "COLORS",
@@ -309,7 +311,8 @@ def make_grounding_dataset(n: int, seed: int = 0, image_size: int = 112) -> Data
 
     Shapes in an image have distinct colours *and* distinct types, so both question kinds are unambiguous:
     "What colour is the circle?" (answer: colour word) and "What shape is the red object?" (answer: shape).
-    ``box`` is [x0, y0, x1, y1] in original-image pixels, end-exclusive (``pixels[y0:y1, x0:x1]``).
+    ``box`` is [x0, y0, x1, y1] in original-image pixels, end-exclusive (``pixels[y0:y1, x0:x1]``); ``boxes``
+    holds the same box in the SAYO convention (per image, a list of boxes) and ``solution`` repeats ``answer``.
     The ``image`` column holds one PIL image per row: TRL 1.16's GRPOTrainer reads ``images`` (a list) or
     ``image`` (wrapped as ``[image]``) and fills the ``{"type": "image"}`` placeholder of ``prompt`` with it.
     """
@@ -334,7 +337,9 @@ def make_grounding_dataset(n: int, seed: int = 0, image_size: int = 112) -> Data
                 "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
                 "image": image,
                 "answer": answer,
+                "solution": answer,  # the SAYO / accuracy-reward column name
                 "box": boxes[t],
+                "boxes": [[boxes[t]]],  # per image, a list of boxes (the SAYO dataset convention)
                 "target_shape": shapes[t],
                 "target_color": colors[t],
             }
@@ -343,25 +348,12 @@ def make_grounding_dataset(n: int, seed: int = 0, image_size: int = 112) -> Data
 
 
 def box_to_token_mask(box, image_size, image_grid_thw_row, merge_size: int = 2, patch_size: int = 14) -> torch.Tensor:
-    """Bool mask over one image's visual tokens: True where the token's cell intersects ``box``.
-
-    Convention: ``box`` = [x0, y0, x1, y1], end-exclusive, in ORIGINAL pixels of an image of ``image_size``
-    (an int for square images or ``(width, height)``). The processor resized the image to
-    ``(grid_h * patch_size, grid_w * patch_size)``; the box is scaled to that size. Each visual token (after
-    the ``merge_size`` x ``merge_size`` merge) covers a ``patch_size * merge_size`` px square cell; cell
-    ``(r, c)`` covers ``[c*cell, (c+1)*cell) x [r*cell, (r+1)*cell)`` and intersects iff the half-open
-    intervals overlap. Tokens are row-major over the merged grid (the order Qwen2-VL's processor emits),
-    repeated for each temporal index ``grid_t``; result shape ``(grid_t * grid_h/m * grid_w/m,)``.
-    """
+    """Bool mask over one image's visual tokens (row-major, repeated per frame): True where the token's cell
+    overlaps ``box`` = [x0, y0, x1, y1] (end-exclusive, original pixels of an ``image_size`` image, an int for
+    square images). A thin wrapper of `trl_attention.regions.region_token_indices`; ``patch_size`` does not
+    change the mapping and is kept for signature compatibility."""
     t, gh, gw = (int(v) for v in image_grid_thw_row)
-    width, height = (int(v) for v in image_size) if isinstance(image_size, (tuple, list)) else (image_size,) * 2
-    cell = patch_size * merge_size
-    # Compare cell edges with the rescaled box by cross-multiplying (edge * orig < coord * resized), so that a
-    # box edge landing exactly on a cell border (e.g. 25 px of 100 -> 28 px of 112) is not hit by float error.
-    x0, y0, x1, y1 = (float(v) for v in box)
-    r = torch.arange(gh // merge_size, dtype=torch.float64) * cell * height
-    c = torch.arange(gw // merge_size, dtype=torch.float64) * cell * width
-    rh, rw = gh * patch_size, gw * patch_size
-    row_hit = (r < y1 * rh) & (r + cell * height > y0 * rh)
-    col_hit = (c < x1 * rw) & (c + cell * width > x0 * rw)
-    return (row_hit[:, None] & col_hit[None, :]).flatten().repeat(t)
+    size = tuple(int(v) for v in image_size) if isinstance(image_size, (tuple, list)) else (int(image_size),) * 2
+    mask = torch.zeros(t * (gh // merge_size) * (gw // merge_size), dtype=torch.bool)
+    mask[region_token_indices(box, size, (t, gh, gw), merge_size)] = True
+    return mask

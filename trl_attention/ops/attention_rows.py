@@ -1,8 +1,9 @@
 """Head-averaged attention rows, torch reference kernel + autograd Function.
 
 `attention_rows(query, key, bias, scaling)` returns, for every query row given, the post-softmax attention over
-all keys averaged over heads: (B, C, T) in float32. It is the one numeric primitive of the capture layer; a fused
-Triton kernel can sit behind the same signature.
+all keys averaged over heads: (B, C, T) in float32. It is the one numeric primitive of the capture layer, and its
+dispatcher: `backend="triton"` runs the fused kernels of `attention_rows_triton.py` (same math, no per-head
+blocks in memory), `"torch"` this file's reference, `"auto"` Triton on CUDA when importable, else torch.
 
 Memory is O(B*C*T): heads are processed in chunks that never exceed one key/value group (or `max_heads`), and
 the backward recomputes the softmax chunk by chunk instead of saving H*C*T probabilities.
@@ -10,9 +11,14 @@ the backward recomputes the softmax chunk by chunk instead of saving H*C*T proba
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
-__all__ = ["attention_rows", "AttentionRowsFunction", "normalize_mask", "DEFAULT_MAX_HEADS"]
+__all__ = ["attention_rows", "AttentionRowsFunction", "normalize_mask", "resolve_backend", "BACKENDS", "DEFAULT_MAX_HEADS"]
+
+logger = logging.getLogger(__name__)
+BACKENDS = ("auto", "torch", "triton")
 
 # Upper bound on query heads held at once: bounds the transient (max_heads, B, C, T) fp32 buffers.
 DEFAULT_MAX_HEADS = 4
@@ -121,15 +127,65 @@ def normalize_mask(attention_mask, batch: int, rows: int, q_len: int, kv_len: in
     return torch.where(keep, zero, torch.full((), float("-inf"), device=device))
 
 
-def attention_rows(query, key, attention_mask=None, scaling=None, is_causal=True, num_rows=None, max_heads=None):
+def _triton_module():
+    """The Triton kernels module, or the reason it cannot be used (imported lazily: triton is optional)."""
+    try:
+        from . import attention_rows_triton
+    except ImportError as err:
+        return None, f"triton is not installed ({err}); pip install 'trl-attention[triton]'"
+    return attention_rows_triton, None
+
+
+def resolve_backend(backend: str, device) -> str:
+    """The backend that runs: `torch` or `triton`. "auto" picks triton for CUDA tensors when it imports.
+
+    Errors: ValueError for an unknown name; RuntimeError when "triton" is forced where it cannot run (triton not
+    installed, or a non-CUDA device outside Triton's CPU interpreter), with the reason.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention-rows backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return "torch"
+    device = torch.device(device)
+    if backend == "auto" and device.type != "cuda":  # CPU default stays the torch reference, interpreter or not
+        return "torch"
+    module, reason = _triton_module()
+    if module is not None and device.type != "cuda" and not module.is_interpreted():
+        reason = (
+            f"the triton backend needs CUDA tensors (got {device.type}); to run its kernels on CPU set "
+            "TRITON_INTERPRET=1 before triton is imported (slow, for tests)"
+        )  # fmt: skip
+    if reason is None:
+        return "triton"
+    if backend == "triton":
+        raise RuntimeError(reason)
+    logger.info("attention rows: using the torch backend: %s", reason)
+    return "torch"
+
+
+_warned: set = set()
+
+
+def attention_rows(query, key, attention_mask=None, scaling=None, is_causal=True, num_rows=None, max_heads=None,
+                   backend="auto"):  # fmt: skip
     """Head-averaged post-softmax attention of the last `num_rows` queries: (B, C, T) float32, differentiable.
 
     query: (B, H, Q, D); key: (B, H_kv, T, D) (GQA not repeated). `attention_mask` as in `normalize_mask`.
-    Softmax runs in fp32 whatever the input dtype.
+    Softmax runs in fp32 whatever the input dtype. `backend`: "auto" | "torch" | "triton" (see `resolve_backend`);
+    `max_heads` bounds the torch backend's head chunks (the Triton kernels never hold per-head blocks).
     """
     batch, _, q_len, head_dim = query.shape
     rows = q_len if num_rows is None else min(int(num_rows), q_len)
     scaling = head_dim**-0.5 if scaling is None else float(scaling)
-    bias = normalize_mask(attention_mask, batch, rows, q_len, key.shape[2], is_causal and q_len > 1, query.device)
+    causal = is_causal and q_len > 1
     q_rows = query[:, :, q_len - rows :].contiguous()
+    if resolve_backend(backend, query.device) == "triton":
+        module, _ = _triton_module()
+        if query.dtype in module.SUPPORTED_DTYPES and key.dtype == query.dtype:
+            return module.attention_rows_triton(q_rows, key, attention_mask, scaling, causal)
+        reason = f"dtypes {query.dtype}/{key.dtype} (Triton kernels take matching fp16, bf16 or fp32)"
+        if reason not in _warned:
+            _warned.add(reason)
+            logger.warning("attention rows: falling back to the torch backend for %s", reason)
+    bias = normalize_mask(attention_mask, batch, rows, q_len, key.shape[2], causal, query.device)
     return AttentionRowsFunction.apply(q_rows, key, bias, scaling, max_heads or DEFAULT_MAX_HEADS)
