@@ -91,7 +91,11 @@ def test_mask_forms_match_eager_reference(kind):
     keep = torch.ones(6, 6).tril().bool()[None, None].repeat(2, 1, 1, 1)
     keep[1, ..., :2] = False  # left padding of row 1
     keep[1, ..., :2, :2] = torch.eye(2, dtype=torch.bool)  # keep pad rows finite in the reference
-    mask = {"none": None, "bool": keep, "float": torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, torch.finfo(torch.float64).min)}[kind]
+    mask = {
+        "none": None,
+        "bool": keep,
+        "float": torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, torch.finfo(torch.float64).min),
+    }[kind]
     reference_keep = torch.ones(6, 6).tril().bool() if kind == "none" else keep
     scores = torch.matmul(q, k.repeat_interleave(2, dim=1).transpose(-1, -2)) / 8**0.5
     ref = torch.softmax(scores.masked_fill(~reference_keep, float("-inf")), -1).mean(1)[:, -4:]
@@ -119,7 +123,9 @@ def test_fp32_softmax_for_bf16_inputs():
     q = torch.randn(1, 2, 4, 16, generator=gen).bfloat16()
     k = torch.randn(1, 2, 4, 16, generator=gen).bfloat16()
     got = attention_rows(q, k, None, None, True)
-    ref = torch.softmax((q.float() @ k.float().transpose(-1, -2) / 4).masked_fill(~torch.ones(4, 4).tril().bool(), -torch.inf), -1).mean(1)
+    ref = torch.softmax(
+        (q.float() @ k.float().transpose(-1, -2) / 4).masked_fill(~torch.ones(4, 4).tril().bool(), -torch.inf), -1
+    ).mean(1)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
 
@@ -199,7 +205,9 @@ def test_peft_wrapped_model_is_captured(lm):
 
 
 def test_unsupported_model_and_implementation_errors(lm):
-    with pytest.raises(CaptureError, match=r"Linear.*cannot find the decoder layers|cannot find the decoder layers of Linear"):
+    with pytest.raises(
+        CaptureError, match=r"Linear.*cannot find the decoder layers|cannot find the decoder layers of Linear"
+    ):
         capture_attention(torch.nn.Linear(2, 2))
     model = copy.deepcopy(lm)
     model.config._attn_implementation_internal = "flex_attention"
@@ -222,22 +230,40 @@ def test_other_attention_modules_keep_their_kernel():
 
 def _tiny_vl(kind):
     """Tiny Qwen2-VL / Qwen3-VL from configs, with hand-made inputs (4 image tokens per row, left padding)."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+    )
 
     text = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
     ids = dict(image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4)
     torch.manual_seed(0)
     if kind == "qwen3_vl":
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+        text["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 1e4,
+            "mrope_section": [2, 3, 3],
+            "mrope_interleaved": True,
+        }
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, out_hidden_size=64,
                       num_position_embeddings=64, deepstack_visual_indexes=[0])  # fmt: skip
-        model, patch = Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision, **ids)), 16
+        model, patch = (
+            Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision, **ids)),
+            16,
+        )
     else:
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}
         vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14)
-        model, patch = Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, vision_config=vision, **ids)), 14
-    input_ids = torch.tensor([[0, 0, 10, 11, 3, 5, 5, 5, 5, 4, 12, 13, 14], [20, 21, 22, 23, 3, 5, 5, 5, 5, 4, 12, 13, 15]])
+        model, patch = (
+            Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, vision_config=vision, **ids)),
+            14,
+        )
+    input_ids = torch.tensor(
+        [[0, 0, 10, 11, 3, 5, 5, 5, 5, 4, 12, 13, 14], [20, 21, 22, 23, 3, 5, 5, 5, 5, 4, 12, 13, 15]]
+    )
     mask = torch.ones_like(input_ids)
     mask[0, :2] = 0
     inputs = dict(input_ids=input_ids, attention_mask=mask, pixel_values=torch.randn(32, 3 * 2 * patch * patch),

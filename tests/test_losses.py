@@ -62,7 +62,9 @@ def test_attention_policy_rows_sum_to_one_over_preceding_positions():
         query = 10 - 4 + r
         assert torch.all(policy[:, r, query:] == 0)
         torch.testing.assert_close(policy[:, r].sum(-1), torch.ones(2, dtype=torch.float64))
-        torch.testing.assert_close(policy[:, r, :query], probs[:, r, :query] / probs[:, r, :query].sum(-1, keepdim=True))
+        torch.testing.assert_close(
+            policy[:, r, :query], probs[:, r, :query] / probs[:, r, :query].sum(-1, keepdim=True)
+        )
 
 
 def test_attention_policy_empty_row_stays_zero_and_checks_shape():

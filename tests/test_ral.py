@@ -39,8 +39,12 @@ def test_attn_coef_zero_is_bit_identical_to_grpo(tmp_path, text_dataset):
 
 
 def test_attention_term_changes_updates_and_logs_jsd(tmp_path, text_dataset):
-    base = _train(AttentionGRPOTrainer, AttentionGRPOConfig, tmp_path / "a", text_dataset, attn_coef=0.0, num_iterations=2)
-    ral = _train(AttentionGRPOTrainer, AttentionGRPOConfig, tmp_path / "b", text_dataset, attn_coef=5.0, num_iterations=2)
+    base = _train(
+        AttentionGRPOTrainer, AttentionGRPOConfig, tmp_path / "a", text_dataset, attn_coef=0.0, num_iterations=2
+    )
+    ral = _train(
+        AttentionGRPOTrainer, AttentionGRPOConfig, tmp_path / "b", text_dataset, attn_coef=5.0, num_iterations=2
+    )
     jsds = _logged(ral, "attention/jsd")
     assert len(jsds) == 3 and jsds[0] < 1e-7 and jsds[1] > 1e-6  # step 2 reuses step 1's rollouts
     assert all(0 < e < 5 for e in _logged(ral, "attention/entropy"))
@@ -81,7 +85,9 @@ def test_loss_term_equals_hand_computation(tmp_path, text_dataset):
                      attn_coef=1.0, num_iterations=2, loss_type="grpo")  # fmt: skip
     batch = trainer._buffered_inputs[0]
     gen = torch.Generator().manual_seed(0)
-    batch = dict(batch, old_attention_probs=torch.softmax(torch.randn(batch["old_attention_probs"].shape, generator=gen), -1))
+    batch = dict(
+        batch, old_attention_probs=torch.softmax(torch.randn(batch["old_attention_probs"].shape, generator=gen), -1)
+    )
     trainer.model.eval()  # eval: no gradient-accumulation scaling in TRL's normalisation
     with torch.no_grad():
         with_term = trainer._compute_loss(trainer.model, batch)
@@ -95,7 +101,9 @@ def test_loss_term_equals_hand_computation(tmp_path, text_dataset):
         mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
         rows = batch["completion_ids"].size(1)
         probs = eager(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[-1].mean(1)[:, -rows:]
-    per_token = batch["advantages"][:, None] * jsd(attention_policy(probs), attention_policy(batch["old_attention_probs"]))
+    per_token = batch["advantages"][:, None] * jsd(
+        attention_policy(probs), attention_policy(batch["old_attention_probs"])
+    )
     cm = batch["completion_mask"].float()
     hand = ((per_token * cm).sum(-1) / cm.sum(-1).clamp(min=1)).mean()  # loss_type="grpo": per-sequence mean
     assert hand.abs() > 1e-6
@@ -154,12 +162,22 @@ def test_unsupported_attention_is_a_clear_error_at_construction(tmp_path, text_d
 
 def test_gradient_checkpointing_on_off_same_training(tmp_path, text_dataset):
     runs = [
-        _train(AttentionGRPOTrainer, AttentionGRPOConfig, tmp_path / str(gc), text_dataset, max_steps=2,
-               num_iterations=2, attn_coef=5.0, gradient_checkpointing=gc)  # fmt: skip
+        _train(
+            AttentionGRPOTrainer,
+            AttentionGRPOConfig,
+            tmp_path / str(gc),
+            text_dataset,
+            max_steps=2,
+            num_iterations=2,
+            attn_coef=5.0,
+            gradient_checkpointing=gc,
+        )  # fmt: skip
         for gc in (False, True)
     ]
     assert _logged(runs[0], "attention/jsd")[1] > 1e-6
-    torch.testing.assert_close(_logged(runs[0], "attention/jsd"), _logged(runs[1], "attention/jsd"), atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(
+        _logged(runs[0], "attention/jsd"), _logged(runs[1], "attention/jsd"), atol=1e-7, rtol=1e-4
+    )
     for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
@@ -208,7 +226,9 @@ def test_fallback_forward_gives_the_same_old_attention(tmp_path, text_dataset):
     calls = []
     original = GRPOTrainer._get_per_token_logps_and_entropies
     try:
-        GRPOTrainer._get_per_token_logps_and_entropies = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+        GRPOTrainer._get_per_token_logps_and_entropies = lambda self, *a, **k: (
+            calls.append(1) or original(self, *a, **k)
+        )
         torch.manual_seed(0)
         fallback = trainer._generate_and_score_completions(batch)
     finally:

@@ -216,7 +216,16 @@ def test_dataset_deterministic():
 
 
 def test_dataset_content(data):
-    assert set(data.column_names) == {"prompt", "image", "answer", "solution", "box", "boxes", "target_shape", "target_color"}
+    assert set(data.column_names) == {
+        "prompt",
+        "image",
+        "answer",
+        "solution",
+        "box",
+        "boxes",
+        "target_shape",
+        "target_color",
+    }
     assert all(row["boxes"] == [[row["box"]]] and row["solution"] == row["answer"] for row in data)
     palette = {c: np.array(v) for c, v in COLORS.items()}
     for row in data:

@@ -72,7 +72,9 @@ def plot_metrics(history: list[dict], path) -> str:
             ax.plot(steps, _smooth(values, window), lw=2, color=raw.get_color(), label=f"mean of {window}")
             ax.legend(fontsize=8, loc="best")
         if key == "reward":
-            for other in sorted({k for row in history for k in row if k.startswith("rewards/") and k.endswith("/mean")}):
+            for other in sorted(
+                {k for row in history for k in row if k.startswith("rewards/") and k.endswith("/mean")}
+            ):
                 s, v = _series(history, other)
                 label = f"{other.split('/')[1]} (unweighted)"
                 ax.plot(s, _smooth(v, max(1, len(v) // 20)), lw=1, ls="--", label=label)
@@ -153,8 +155,12 @@ def attention_heatmap(model, processor, example: dict, path, layer: int = -1) ->
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=2, ls="--"))
         # Box mass: the fraction of each merged cell covered by the box, cell by cell.
         cell_w, cell_h = width / cols, height / rows
-        cx = np.clip(np.minimum((np.arange(cols) + 1) * cell_w, x1) - np.maximum(np.arange(cols) * cell_w, x0), 0, None)
-        cy = np.clip(np.minimum((np.arange(rows) + 1) * cell_h, y1) - np.maximum(np.arange(rows) * cell_h, y0), 0, None)
+        cx = np.clip(
+            np.minimum((np.arange(cols) + 1) * cell_w, x1) - np.maximum(np.arange(cols) * cell_w, x0), 0, None
+        )
+        cy = np.clip(
+            np.minimum((np.arange(rows) + 1) * cell_h, y1) - np.maximum(np.arange(rows) * cell_h, y0), 0, None
+        )
         in_box = float((grid * np.outer(cy / cell_h, cx / cell_w)).sum())
         title += f"\nimage mass {grid.sum():.3f}, in target box ~{in_box:.3f}"
     if example.get("answer") is not None:

@@ -4,8 +4,9 @@ L = L_GRPO + attn_coef * masked_mean_t( A_t * JSD(p_theta^t || p_old^t) ), PAPER
 
 How it rides on TRL without copying its methods:
 - p_old: `ScoringCaptureMixin` (scoring.py) captures inside TRL's own old-logps forward; the rows travel in the
-  batch dict as `old_attention_probs`, so TRL's shuffling and splitting keep them aligned. When TRL skips that forward (the policy is the rollout policy), p_old is p_theta
-  detached, exactly like TRL's old logps: the term is then 0 with 0 gradient, as it is mathematically.
+  batch dict as `old_attention_probs`, so TRL's shuffling and splitting keep them aligned. When TRL skips that
+  forward (the policy is the rollout policy), p_old is p_theta detached, exactly like TRL's old logps: the term
+  is then 0 with 0 gradient, as it is mathematically.
 - p_theta: `_compute_loss` wraps TRL's loss forward in a capture (no second forward) and adds the term with the
   normalisation TRL applies to its policy loss for the configured `loss_type`.
 """
@@ -26,6 +27,7 @@ from .scoring import ScoringCaptureMixin
 __all__ = ["AttentionGRPOConfig", "AttentionGRPOTrainer"]
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class AttentionGRPOConfig(GRPOConfig):

@@ -143,12 +143,15 @@ class RegionAttentionReward(AttentionReward):
                 continue
             region = torch.zeros(item.rows.shape[1], dtype=torch.bool)
             image = torch.zeros_like(region)
-            for positions, grid, size, boxes in zip(item.image_positions, item.image_grids, _image_sizes(kwargs, index),
+            sizes = _image_sizes(kwargs, index)
+            for positions, grid, size, boxes in zip(item.image_positions, item.image_grids, sizes,
                                                     per_image + [[]] * len(item.image_positions)):  # fmt: skip
                 image[positions] = True
                 for box in boxes or []:
                     counts["clipped_boxes"] += int(clip_box(box, size, self.normalized_boxes)[1])
-                    cells = region_token_indices(box, size, grid, item.merge_size, self.min_overlap, self.normalized_boxes)
+                    cells = region_token_indices(
+                        box, size, grid, item.merge_size, self.min_overlap, self.normalized_boxes
+                    )
                     region[positions[cells]] = True
             if not region.any():  # min_overlap can leave a small box without any token
                 counts["no_box"] += 1

@@ -85,7 +85,8 @@ class ScoringCaptureMixin:
             )
         self._scoring = {
             "probs": cap.probs, "input_ids": input_ids, "attention_mask": attention_mask, "rows": logits_to_keep,
-            "entropies": result[1], "image_grid_thw": kwargs.get("image_grid_thw"), "num_images": kwargs.get("num_images"),
+            "entropies": result[1], "image_grid_thw": kwargs.get("image_grid_thw"),
+            "num_images": kwargs.get("num_images"),
         }  # fmt: skip
         return result
 
@@ -108,7 +109,10 @@ class ScoringCaptureMixin:
         if self._needs_old_attention and "old_per_token_logps" in output:
             if scoring is None:
                 scoring = self._scoring_forward(
-                    output["prompt_ids"], output["prompt_mask"], output["completion_ids"], output["completion_mask"],
+                    output["prompt_ids"],
+                    output["prompt_mask"],
+                    output["completion_ids"],
+                    output["completion_mask"],
                     {key: output.get(key) for key in _FORWARD_KEYS},
                 )
             output["old_attention_probs"] = scoring["probs"]
@@ -123,7 +127,8 @@ class ScoringCaptureMixin:
         try:
             self._get_per_token_logps_and_entropies(
                 self.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
-                completion_ids.size(1), batch_size=batch_size, **{k: v for k, v in forward_kwargs.items() if v is not None},
+                completion_ids.size(1), batch_size=batch_size,
+                **{k: v for k, v in forward_kwargs.items() if v is not None},
             )  # fmt: skip
         finally:
             self._scoring_pending = False
@@ -151,14 +156,16 @@ class ScoringCaptureMixin:
         prompt_ids = pad(prompts, padding_value=pad_id, padding_side="left").to(device)
         prompt_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left").to(device)
         completion_ids = pad(completions, padding_value=pad_id, padding_side="right").to(device)
-        completion_mask = pad([torch.ones_like(c) for c in completions], padding_value=0, padding_side="right").to(device)
+        completion_mask = pad([torch.ones_like(c) for c in completions], padding_value=0, padding_side="right").to(
+            device
+        )
         kwargs = {k: torch.as_tensor(fields[k]).to(device) for k in ("pixel_values", "image_grid_thw") if k in fields}
         if images is not None:
             kwargs["num_images"] = [len(image_list) if image_list else 0 for image_list in images]
-        if "mm_token_type_ids" in fields:  # 1 on image tokens, 2 on video tokens, over prompt + completion
-            config = unwrap_model(self.model).config
-            ids = torch.cat([prompt_ids, completion_ids], 1)
-            kwargs["mm_token_type_ids"] = (ids == config.image_token_id).long() + 2 * (ids == config.video_token_id).long()
+        if "mm_token_type_ids" in fields:  # the processor's types over the prompt, zeros over the completion (as TRL)
+            types = [torch.as_tensor(t, dtype=torch.long) for t in fields["mm_token_type_ids"]]
+            types = pad(types, padding_value=0, padding_side="left").to(device)
+            kwargs["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(completion_ids)], 1)
         return prompt_ids, prompt_mask, completion_ids, completion_mask, kwargs
 
     def _per_completion(self, scoring) -> list:
@@ -172,14 +179,19 @@ class ScoringCaptureMixin:
         for i in range(scoring["input_ids"].size(0)):
             keep = scoring["attention_mask"][i].bool()
             completion = keep[-rows_total:]
-            sample_grids = [] if grids is None or not counts else [tuple(g.tolist()) for g in grids[offsets[i] : offsets[i + 1]]]
-            ids = scoring["input_ids"][i][keep]
-            positions = [] if image_token is None else visual_token_positions(ids.cpu(), image_token, sample_grids, merge)
+            sample_grids = (
+                [] if grids is None or not counts else [tuple(g.tolist()) for g in grids[offsets[i] : offsets[i + 1]]]
+            )
+            prompt_length = int(keep.sum() - completion.sum())
+            ids = scoring["input_ids"][i][keep][
+                :prompt_length
+            ].cpu()  # images live in the prompt (a sampled pad id is text)
+            positions = [] if image_token is None else visual_token_positions(ids, image_token, sample_grids, merge)
             entropies = scoring["entropies"]
             items.append(CompletionAttention(
                 rows=scoring["probs"][i, :rows_total][completion][:, keep].float().cpu(),
                 image_positions=positions, image_grids=sample_grids,
                 entropies=None if entropies is None else entropies[i][completion].float().cpu(),
-                merge_size=merge, prompt_length=int(keep.sum() - completion.sum()),
+                merge_size=merge, prompt_length=prompt_length,
             ))  # fmt: skip
         return items
