@@ -16,3 +16,20 @@ def test_quickstart_runs_and_logs_attention_metrics(tmp_path):
     logs = [h for h in namespace["trainer"].state.log_history if "attention/jsd" in h]
     assert len(logs) == 2
     assert all(0 <= h["attention/jsd"] < 0.7 and 0 < h["attention/image_mass"] < 1 for h in logs)
+
+
+def test_gqa_converter_produces_a_valid_sayo_row():
+    from datasets import Dataset
+    from PIL import Image
+
+    from trl_attention.rewards import RegionAttentionReward
+
+    code = re.search(r"```python\n(def gqa_to_sayo.*?)```", README.read_text(), re.S).group(1)
+    namespace = {}
+    exec(code, namespace)
+    record = {"question": "What colour is the cup?", "answer": "red", "image": Image.new("RGB", (64, 48)),
+              "annotations": {"question": {"4": "o2", "1:3": "o1"}}}  # fmt: skip
+    objects = {"o1": {"x": 1, "y": 2, "w": 10, "h": 5}, "o2": {"x": 30, "y": 20, "w": 8, "h": 8}}
+    row = namespace["gqa_to_sayo"](record, objects)
+    assert row["boxes"] == [[[1, 2, 11, 7], [30, 20, 38, 28]]] and row["solution"] == "red"
+    RegionAttentionReward().validate(Dataset.from_list([row]))  # passes the trainer's pre-training validation

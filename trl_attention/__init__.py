@@ -5,12 +5,19 @@ __version__ = "0.1.0"
 from .capture import AttentionCapture, CaptureError, capture_attention, find_decoder_layers
 from .losses import attention_entropy, attention_policy, jsd
 from .ral import AttentionGRPOConfig, AttentionGRPOTrainer
+from .regions import region_token_indices
+from .rewards import CompletionAttention, RegionAttentionReward, attention_reward, region_attention_score
 
 __all__ = [
     "AttentionCapture",
     "AttentionGRPOConfig",
     "AttentionGRPOTrainer",
     "CaptureError",
+    "CompletionAttention",
+    "RegionAttentionReward",
+    "attention_reward",
+    "region_attention_score",
+    "region_token_indices",
     "attention_entropy",
     "attention_policy",
     "capture_attention",
