@@ -113,7 +113,7 @@ def test_kernel_gradcheck_and_head_chunking():
     q = torch.randn(1, 6, 3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     k = torch.randn(1, 2, 5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     for max_heads in (1, 2, 3):
-        assert torch.autograd.gradcheck(lambda a, b: attention_rows(a, b, None, 0.7, True, 3, max_heads), (q, k))
+        assert torch.autograd.gradcheck(lambda a, b, m=max_heads: attention_rows(a, b, None, 0.7, True, 3, m), (q, k))
     full = attention_rows(q, k, None, 0.7, True, 3, max_heads=3)
     torch.testing.assert_close(attention_rows(q, k, None, 0.7, True, 3, max_heads=1), full, atol=1e-14, rtol=0)
 
@@ -149,9 +149,8 @@ def test_gradient_checkpointing_same_grads(lm):
 def test_reentrant_checkpointing_is_a_clear_error(lm):
     model = copy.deepcopy(lm).train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    with pytest.raises(CaptureError, match="use_reentrant"):
-        with capture_attention(model, num_rows=2):
-            pass
+    with pytest.raises(CaptureError, match="use_reentrant"), capture_attention(model, num_rows=2):
+        pass
 
 
 def test_repeated_entry_accumulates_chunks(lm):
@@ -168,7 +167,7 @@ def test_repeated_entry_accumulates_chunks(lm):
     torch.testing.assert_close(cap.probs, whole.probs, atol=1e-6, rtol=0)
     cap.clear()
     with pytest.raises(CaptureError, match="no attention was captured"):
-        cap.probs
+        _ = cap.probs
 
 
 def test_vlm_values_and_grads_match_eager():

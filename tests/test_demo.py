@@ -112,7 +112,7 @@ def test_plot_metrics_handles_missing_metrics(tmp_path):
 
 
 def test_rewards():
-    conv = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
+    conv = lambda text: [{"role": "assistant", "content": text}]
     completions = [conv("Red."), conv("it is red"), conv("gre xx"), conv(""), "green!"]
     answers = ["red", "red", "green", "green", "green"]
     assert exact_answer(completions, answers) == [1.0, 0.0, 0.0, 0.0, 1.0]

@@ -22,7 +22,7 @@ def _load(name):
 
 def test_sayo_example_runs_the_recipe_on_the_tiny_vlm(tmp_path):
     sayo = _load("sayo_grpo")
-    script_args, args = sayo.parse(
+    _, args = sayo.parse(
         ["--tiny", "--output_dir", str(tmp_path), "--use_cpu", "true", "--per_device_train_batch_size", "16"]
     )
     assert (args.beta, args.num_generations, args.temperature, args.top_p, args.max_completion_length) == (

@@ -171,7 +171,7 @@ def test_gradient_checkpointing_on_off_same_training(tmp_path, text_dataset):
             num_iterations=2,
             attn_coef=5.0,
             gradient_checkpointing=gc,
-        )  # fmt: skip
+        )
         for gc in (False, True)
     ]
     assert _logged(runs[0], "attention/jsd")[1] > 1e-6

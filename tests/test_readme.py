@@ -7,7 +7,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_quickstart_runs_and_logs_attention_metrics(tmp_path):
-    code = re.search(r"## Quickstart\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
+    code = re.search(r"## Quickstart\n\n```python\n(.*?)```", README.read_text(), re.DOTALL).group(1)
     assert len(code.strip().splitlines()) <= 10
     code = code.replace('output_dir="out"', f'output_dir="{tmp_path}", disable_tqdm=True, logging_steps=1')
     code = code.replace("max_steps=20", "max_steps=2")
@@ -24,7 +24,7 @@ def test_gqa_converter_produces_a_valid_sayo_row():
 
     from trl_attention.rewards import RegionAttentionReward
 
-    code = re.search(r"```python\n(def gqa_to_sayo.*?)```", README.read_text(), re.S).group(1)
+    code = re.search(r"```python\n(def gqa_to_sayo.*?)```", README.read_text(), re.DOTALL).group(1)
     namespace = {}
     exec(code, namespace)
     record = {"question": "What colour is the cup?", "answer": "red", "image": Image.new("RGB", (64, 48)),

@@ -146,38 +146,46 @@ def test_one_scoring_forward_per_generation_batch(tmp_path, monkeypatch, num_ite
 
 
 def test_reward_prefers_boxes_where_the_policy_looks(tmp_path):
-    """On the tiny VLM: a box on the most-attended visual token scores above a box on the least-attended one, and
-    the reward equals the score computed from eager attention independently."""
+    """On the tiny VLM: the attention handed to rewards equals eager attention recomputed independently, and a box
+    on the most-attended visual token scores above a box on the least-attended one."""
     dataset = make_grounding_dataset(4, seed=3)
-    captured = []
+    captured = {}
 
     @attention_reward
-    def spy(completions, attention, **kwargs):
-        captured.extend(attention)
+    def spy(completions, attention, completion_ids, image, **kwargs):
+        captured.setdefault("batch", (attention, completion_ids, image))
         return [0.0] * len(completions)
 
     trainer = _trainer(tmp_path, dataset, [spy], max_steps=1)
     trainer.train()
-    item = captured[0]
+    attention, completion_ids, images = captured["batch"]
+    item = attention[0]
+    # independent reference: the initial weights (the rollout policy), eager attention, one unpadded sequence
+    eager, processor = build_tiny_vlm(seed=0, attn_implementation="eager")
+    prompt = next(row["prompt"] for row in dataset if row["image"].tobytes() == images[0].tobytes())
+    text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=[images[0]], return_tensors="pt")
+    ids = torch.cat([inputs["input_ids"], torch.tensor([completion_ids[0]])], 1)
+    mm = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, len(completion_ids[0]), dtype=torch.long)], 1)
+    with torch.no_grad():
+        out = eager(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=mm,
+                    pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"], output_attentions=True)  # fmt: skip
+    reference = out.attentions[-1].mean(1)[0, -len(completion_ids[0]) :]
+    assert item.prompt_length == inputs["input_ids"].shape[1]
+    torch.testing.assert_close(item.rows, reference, atol=1e-5, rtol=0)
+
     selected = RegionAttentionReward().select_tokens(item.entropies)
     per_token = item.rows[selected][:, item.image_positions[0]].mean(0)  # (16,) mean attention per visual token
-    size = dataset[0]["image"].size
-    cell = size[0] / 4
+    size, cell = images[0].size, images[0].size[0] / 4
     boxes = {}
     for name, token in (("hot", int(per_token.argmax())), ("cold", int(per_token.argmin()))):
         r, c = divmod(token, 4)
         boxes[name] = [c * cell + 1, r * cell + 1, (c + 1) * cell - 1, (r + 1) * cell - 1]
         assert region_token_indices(boxes[name], size, item.image_grids[0]).tolist() == [token]
     reward = RegionAttentionReward()
-    hot, cold = (reward(completions=["x"], attention=[item], image=[dataset[0]["image"]], boxes=[[[boxes[k]]]])[0]
+    hot, cold = (reward(completions=["x"], attention=[item], image=[images[0]], boxes=[[[boxes[k]]]])[0]
                  for k in ("hot", "cold"))  # fmt: skip
     assert hot > 0 > cold
-    # independent reference: eager attention of the trained model on the same tokens
-    from trl_attention.tiny import build_tiny_vlm as build
-
-    eager, processor = build(seed=0, attn_implementation="eager")
-    eager.load_state_dict(trainer.model.state_dict())
-    assert item.prompt_length > 0 and item.rows.shape[1] == item.prompt_length + item.rows.shape[0]
     assert hot == pytest.approx(math.tanh(math.log((per_token.max() + 1e-8) / (per_token.mean() + 1e-8))), abs=1e-5)
 
 

@@ -4,6 +4,7 @@
 registered wrapper of the one it already uses (sdpa or eager). The wrapper runs the original kernel unchanged for
 every layer, and for the chosen decoder layer also computes the head-averaged attention rows of the last C queries
 with `ops.attention_rows` (fp32 softmax, O(B*C*T) memory, recomputing backward). The vision tower is untouched.
+`backend` picks that kernel: "auto" (fused Triton on CUDA when triton imports, else torch), "torch" or "triton".
 
 Why the saved-tensor hooks: under non-reentrant gradient checkpointing the layer is re-run during backward, after
 this context has exited, with the original kernel. Saving the capture's tensors outside the checkpoint's hooks keeps
@@ -21,9 +22,9 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .ops.attention_rows import attention_rows
+from .ops.attention_rows import attention_rows, resolve_backend
 
-__all__ = ["capture_attention", "AttentionCapture", "CaptureError", "find_decoder_layers", "unwrap_model"]
+__all__ = ["AttentionCapture", "CaptureError", "capture_attention", "find_decoder_layers", "unwrap_model"]
 
 WRAPPABLE = ("sdpa", "eager")
 _PREFIX = "trl_attention_capture_"
@@ -90,8 +91,8 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     if hasattr(base, "get_decoder"):
         try:
             candidates.append(base.get_decoder())
-        except Exception:  # some models raise for a missing decoder; fall through to the attributes
-            pass
+        except (AttributeError, NotImplementedError, ValueError):  # no decoder: fall through to the attributes
+            candidates.append(None)
     candidates += [getattr(base, "model", None), getattr(getattr(base, "model", None), "language_model", None), base]
     for obj in candidates:
         layers = getattr(obj, "layers", None)
@@ -112,6 +113,7 @@ class AttentionCapture:
     num_rows: int | None = None
     layer: int = -1
     max_heads: int | None = None
+    backend: str = "auto"
     records: list = field(default_factory=list)
     _module: nn.Module | None = field(default=None, repr=False)
     _depth: int = 0
@@ -133,9 +135,14 @@ class AttentionCapture:
                 "(load the model with attn_implementation='sdpa')."
             )
         self._config, self._base = config, impl
+        weight = next(self._module.parameters(), None)
+        try:  # fail here, not at the first forward, on a bad or unavailable backend
+            resolve_backend(self.backend, weight.device if weight is not None else "cpu")
+        except (ValueError, RuntimeError) as err:
+            raise CaptureError(f"capture_attention(backend={self.backend!r}): {err}") from err
 
     # -- context management -------------------------------------------------------------------------------------
-    def __enter__(self) -> "AttentionCapture":
+    def __enter__(self) -> AttentionCapture:
         if self._depth == 0:
             self._check_checkpointing()
             entry = _switched.setdefault(id(self._config), [self._config, self._config._attn_implementation, 0])
@@ -183,8 +190,9 @@ class AttentionCapture:
         # Identity hooks: keep the capture's saved tensors out of any enclosing checkpoint (see module docstring).
         with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
             probs = attention_rows(
-                query, key, attention_mask, kwargs.get("scaling"), is_causal, self.num_rows, self.max_heads
-            )
+                query, key, attention_mask, kwargs.get("scaling"), is_causal, self.num_rows, self.max_heads,
+                backend=self.backend,
+            )  # fmt: skip
         self.records.append(probs)
 
     @property
@@ -203,11 +211,14 @@ class AttentionCapture:
         self.records.clear()
 
 
-def capture_attention(model: nn.Module, num_rows: int | None = None, layer: int = -1, max_heads: int | None = None):
+def capture_attention(
+    model: nn.Module, num_rows: int | None = None, layer: int = -1, max_heads: int | None = None, backend: str = "auto"
+):
     """Context manager capturing the head-averaged attention of the last `num_rows` queries of decoder `layer`.
 
     Every forward of the language model inside the block appends one (B, C, T) fp32 tensor to `cap.records`;
     `cap.probs` concatenates them. Rows are differentiable w.r.t. the model when grad is enabled. Entering the same
-    capture again keeps accumulating; call `cap.clear()` to start over.
+    capture again keeps accumulating; call `cap.clear()` to start over. `backend`: "auto" (fused Triton kernels on
+    CUDA when triton imports, else the torch reference), "torch", or "triton" (a CaptureError where it cannot run).
     """
-    return AttentionCapture(model, num_rows=num_rows, layer=layer, max_heads=max_heads)
+    return AttentionCapture(model, num_rows=num_rows, layer=layer, max_heads=max_heads, backend=backend)

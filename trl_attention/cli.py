@@ -15,7 +15,7 @@ import typing
 from . import __version__
 from .demo import DemoConfig, run_demo
 
-__all__ = ["main", "build_parser", "add_dataclass_arguments"]
+__all__ = ["add_dataclass_arguments", "build_parser", "main"]
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:

@@ -28,9 +28,10 @@ from transformers import ProgressCallback
 
 from .plotting import attention_heatmap, plot_metrics
 from .ral import AttentionGRPOConfig, AttentionGRPOTrainer
+from .rewards import completion_text
 from .tiny import build_tiny_vlm, make_grounding_dataset
 
-__all__ = ["DemoConfig", "run_demo", "exact_answer", "char_overlap", "REWARD_WEIGHTS"]
+__all__ = ["REWARD_WEIGHTS", "DemoConfig", "char_overlap", "exact_answer", "run_demo"]
 
 
 @dataclass
@@ -74,21 +75,11 @@ class DemoConfig:
 REWARD_WEIGHTS = (1.0, 0.5)  # exact_answer, char_overlap
 
 
-def _text(completion) -> str:
-    """Completion text for both TRL formats: a string, or a conversation [{'role': 'assistant', 'content': ...}]."""
-    if isinstance(completion, str):
-        return completion
-    content = completion[-1]["content"] if completion else ""
-    if isinstance(content, list):
-        content = " ".join(part.get("text") or "" for part in content if part.get("type") == "text")
-    return content or ""
-
-
 def exact_answer(completions, answer, **kwargs) -> list[float]:
     """1.0 if the completion's first word (letters only, case-insensitive) is the answer word, else 0.0."""
     rewards = []
     for completion, target in zip(completions, answer):
-        words = re.findall(r"[a-z]+", _text(completion).lower())
+        words = re.findall(r"[a-z]+", completion_text(completion).lower())
         rewards.append(1.0 if words[:1] == [target.lower()] else 0.0)
     return rewards
 
@@ -99,7 +90,7 @@ def char_overlap(completions, answer, **kwargs) -> list[float]:
     """
     rewards = []
     for completion, target in zip(completions, answer):
-        text, target = _text(completion).lower(), target.lower()
+        text, target = completion_text(completion).lower(), target.lower()
         match = difflib.SequenceMatcher(None, target, text, autojunk=False).find_longest_match(
             0, len(target), 0, len(text)
         )

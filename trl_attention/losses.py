@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["attention_policy", "jsd", "attention_entropy", "LN2"]
+__all__ = ["LN2", "attention_entropy", "attention_policy", "jsd"]
 
 LN2 = math.log(2.0)
 

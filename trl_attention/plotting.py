@@ -9,15 +9,15 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: never open a window, also on machines with a display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import Rectangle
+from PIL import Image
 
-from .capture import capture_attention, unwrap_model  # noqa: E402
+from .capture import capture_attention, unwrap_model
 
-__all__ = ["plot_metrics", "attention_heatmap", "METRICS"]
+__all__ = ["METRICS", "attention_heatmap", "plot_metrics"]
 
 # (log key, subplot title)
 METRICS = (

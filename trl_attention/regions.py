@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["region_token_indices", "fixed_grid_token_indices", "clip_box", "visual_token_positions"]
+__all__ = ["clip_box", "fixed_grid_token_indices", "region_token_indices", "visual_token_positions"]
 
 
 def clip_box(box: Sequence[float], image_size: Sequence[int], normalized: bool = False):

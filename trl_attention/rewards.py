@@ -18,8 +18,15 @@ import torch
 from .regions import clip_box, region_token_indices
 
 __all__ = [
-    "CompletionAttention", "AttentionReward", "attention_reward", "region_attention_score", "RegionAttentionReward",
-    "format_reward", "make_format_reward", "accuracy_reward",
+    "AttentionReward",
+    "CompletionAttention",
+    "RegionAttentionReward",
+    "accuracy_reward",
+    "attention_reward",
+    "completion_text",
+    "format_reward",
+    "make_format_reward",
+    "region_attention_score",
 ]  # fmt: skip
 
 
@@ -170,7 +177,8 @@ class RegionAttentionReward(AttentionReward):
         return scores
 
 
-def _completion_text(completion) -> str:
+def completion_text(completion) -> str:
+    """Text of a completion in either TRL format: a string, or a conversation ending in the assistant message."""
     if isinstance(completion, str):
         return completion
     content = completion[-1]["content"] if completion else ""
@@ -196,7 +204,7 @@ def make_format_reward(min_tokens: int = 60, max_tokens: int = 100, ramp: float 
                 length = max(0.0, ramp * max_tokens / n)
             else:
                 length = max(0.0, ramp * n / min_tokens)
-            rewards.append(length if _ANSWER.search(_completion_text(completion)) else 0.0)
+            rewards.append(length if _ANSWER.search(completion_text(completion)) else 0.0)
         return rewards
 
     return format_reward
@@ -218,7 +226,7 @@ def accuracy_reward(completions, solution, **kwargs):
         if target is None:
             rewards.append(None)
             continue
-        text = _completion_text(completion)
+        text = completion_text(completion)
         match = _ANSWER.search(text)
         rewards.append(float(_normalise(match.group(1) if match else text) == _normalise(str(target))))
     return rewards

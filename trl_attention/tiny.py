@@ -38,19 +38,19 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from .regions import region_token_indices
 
 __all__ = [
-    "SPECIAL_TOKENS",
-    "COLORS",
-    "SHAPES",
     "BACKGROUND",
     "CHAT_TEMPLATE",
-    "build_tokenizer",
-    "build_processor",
-    "build_tiny_vlm",
-    "build_tiny_lm",
-    "save_tiny_vlm",
-    "save_tiny_lm",
-    "make_grounding_dataset",
+    "COLORS",
+    "SHAPES",
+    "SPECIAL_TOKENS",
     "box_to_token_mask",
+    "build_processor",
+    "build_tiny_lm",
+    "build_tiny_vlm",
+    "build_tokenizer",
+    "make_grounding_dataset",
+    "save_tiny_lm",
+    "save_tiny_vlm",
 ]
 
 # Ids 0..6 in this order (the BPE trainer assigns special tokens first).
