@@ -222,3 +222,18 @@ def test_split_ignores_image_ids_sampled_in_the_completion():
     (item,) = ScoringCaptureMixin._per_completion(SimpleNamespace(model=model), scoring)
     assert item.prompt_length == 6 and [p.tolist() for p in item.image_positions] == [[1, 2, 3, 4]]
     assert torch.equal(item.rows, probs[0, :2][:, 2:10]) and item.entropies.tolist() == [1.0, 2.0]
+
+
+def test_two_images_per_sample_use_each_images_own_block_grid_and_size():
+    small, wide = type("Img", (), {"size": (56, 56)})(), type("Img", (), {"size": (112, 56)})()  # 2x2 and 2x4 tokens
+    rows = torch.zeros(1, 20)
+    first, second = torch.arange(2, 6), torch.arange(8, 16)
+    rows[0, second[3]] = 0.6  # second image, token (row 0, col 3): pixels x 84..112, y 0..28
+    rows[0, first[0]] = 0.4
+    item = _item(rows, [first, second], [(1, 4, 4), (1, 4, 8)], torch.tensor([1.0]))
+    reward = RegionAttentionReward()
+    scores = reward(completions=["a", "b"], attention=[item, item], images=[[small, wide], [small, wide]],
+                    boxes=[[[], [[90, 5, 100, 20]]], [[[0, 0, 5, 5]], []]])  # fmt: skip
+    mean_image = 1.0 / 12  # all mass on the 12 image tokens
+    assert scores[0] == pytest.approx(math.tanh(math.log(0.6 / mean_image)), abs=1e-6)
+    assert scores[1] == pytest.approx(math.tanh(math.log(0.4 / mean_image)), abs=1e-6)
