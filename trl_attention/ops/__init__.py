@@ -1,5 +1,5 @@
-"""Numeric kernels behind the capture layer (torch reference; fused kernels share the same signatures)."""
+"""Numeric kernels behind the capture layer: the torch reference and fused Triton kernels behind one dispatcher."""
 
-from .attention_rows import AttentionRowsFunction, attention_rows, normalize_mask
+from .attention_rows import BACKENDS, AttentionRowsFunction, attention_rows, normalize_mask, resolve_backend
 
-__all__ = ["AttentionRowsFunction", "attention_rows", "normalize_mask"]
+__all__ = ["BACKENDS", "AttentionRowsFunction", "attention_rows", "normalize_mask", "resolve_backend"]

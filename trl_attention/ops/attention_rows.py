@@ -15,7 +15,14 @@ import logging
 
 import torch
 
-__all__ = ["attention_rows", "AttentionRowsFunction", "normalize_mask", "resolve_backend", "BACKENDS", "DEFAULT_MAX_HEADS"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_MAX_HEADS",
+    "AttentionRowsFunction",
+    "attention_rows",
+    "normalize_mask",
+    "resolve_backend",
+]
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "triton")
@@ -35,27 +42,25 @@ def _head_chunks(num_heads: int, num_kv_heads: int, max_heads: int):
             yield kv, start, min(start + step, (kv + 1) * group)
 
 
-def _softmax_rows(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim that returns zeros (not NaN) for rows whose every key is masked with -inf."""
-    row_max = scores.amax(dim=-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    exp = torch.exp(scores - row_max)
-    denom = exp.sum(dim=-1, keepdim=True)
-    return exp / torch.where(denom > 0, denom, torch.ones_like(denom))
-
-
 def _acc_dtype(tensor: torch.Tensor) -> torch.dtype:
     """fp32 for half types and fp32; fp64 stays fp64 so gradcheck can run."""
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
 def _chunk_probs(q, k, bias, scaling, kv, h0, h1):
-    """Probabilities (B, h, C, T) of query heads [h0, h1) against key head kv, in fp32 (fp64 for fp64 input)."""
+    """Probabilities (B, h, C, T) of query heads [h0, h1) against key head kv, in fp32 (fp64 for fp64 input).
+
+    Few passes over the (h, C, T) block, which dominate on CPU: scaling is applied to q (C x D) rather than to the
+    scores, the bias is added in place, and torch's fused softmax runs; rows whose every key is -inf come out
+    of softmax as NaN and are set to 0 (the semantics of this reference: such rows attend to nothing).
+    """
     acc = _acc_dtype(q)
-    scores = torch.matmul(q[:, h0:h1].to(acc), k[:, kv : kv + 1].to(acc).transpose(-1, -2)) * scaling
-    if bias is not None:
-        scores = scores + bias
-    return _softmax_rows(scores)
+    scores = torch.matmul(q[:, h0:h1].to(acc) * scaling, k[:, kv : kv + 1].to(acc).transpose(-1, -2))
+    if bias is None:
+        return torch.softmax(scores, dim=-1)
+    scores += bias
+    probs = torch.softmax(scores, dim=-1)
+    return probs.masked_fill_(torch.isneginf(bias).all(dim=-1, keepdim=True), 0.0)
 
 
 class AttentionRowsFunction(torch.autograd.Function):
@@ -83,13 +88,16 @@ class AttentionRowsFunction(torch.autograd.Function):
         dk = torch.zeros(key.shape, dtype=acc, device=key.device) if need_k else None
         for kv, h0, h1 in _head_chunks(num_heads, key.shape[1], ctx.max_heads):
             probs = _chunk_probs(query, key, bias, ctx.scaling, kv, h0, h1)
-            dscores = probs * (grad - (probs * grad).sum(dim=-1, keepdim=True))  # softmax backward
-            dscores = dscores * ctx.scaling
+            # softmax backward p * (g - sum(p * g)), as p*g - p*sum(p*g) in two passes; scaling goes on the small
+            # (C x D) / (T x D) products instead of the (h, C, T) block
+            dscores = probs * grad
+            dscores.addcmul_(probs, dscores.sum(dim=-1, keepdim=True), value=-1.0)
             del probs
             if need_q:
-                dq[:, h0:h1] = torch.matmul(dscores, key[:, kv : kv + 1].to(acc))
+                dq[:, h0:h1] = torch.matmul(dscores, key[:, kv : kv + 1].to(acc)) * ctx.scaling
             if need_k:
-                dk[:, kv] += torch.matmul(dscores.transpose(-1, -2), query[:, h0:h1].to(acc)).sum(dim=1)
+                dk_chunk = torch.matmul(dscores.transpose(-1, -2), query[:, h0:h1].to(acc)).sum(dim=1)
+                dk[:, kv] += dk_chunk * ctx.scaling
         dq = dq.to(query.dtype) if need_q else None
         dk = dk.to(key.dtype) if need_k else None
         return dq, dk, None, None, None
