@@ -45,6 +45,7 @@ _SHAPE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attentio
 PRESETS = {
     "cpu": dict(zip(_SHAPE, (896, 4864, 4, 7, 1, 128, 8192))),
     "7b": dict(zip(_SHAPE, (3584, 18944, 28, 28, 4, 128, 152064))),
+    "tiny": dict(zip(_SHAPE, (64, 128, 2, 4, 2, 16, 256))),  # smoke test of this script only
 }
 
 
@@ -83,9 +84,11 @@ def build(args, seq):
 
     torch.manual_seed(0)
     device = torch.device(args.device)
+    half = PRESETS[args.preset]["head_dim"] // 2
+    mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]  # Qwen's 16/24/24 at 128
     text = {
         **PRESETS[args.preset], "max_position_embeddings": max(seq, 4096), "rms_norm_eps": 1e-6,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
     }  # fmt: skip
     vision = {
@@ -174,6 +177,7 @@ def micro(args) -> int:
 
     from trl_attention.ops import attention_rows
 
+    _threads(args)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     heads, kv_heads, dim, rows, length = args.micro_shape
     gen = torch.Generator(device=device).manual_seed(0)
@@ -181,15 +185,15 @@ def micro(args) -> int:
     k = torch.randn(1, kv_heads, length, dim, device=device, dtype=dtype, generator=gen)
     v = torch.randn(1, kv_heads, length, dim, device=device, dtype=dtype, generator=gen)
     q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    grad_out = torch.randn(q.shape, device=device, dtype=dtype, generator=gen)
+    grad_probs = torch.randn(1, rows, length, device=device, generator=gen)
 
     def sdpa():
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        out.backward(torch.ones_like(out))
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).backward(grad_out)
 
     def capture(backend):
         def run():
-            probs = attention_rows(q, k, None, None, True, num_rows=rows, backend=backend)
-            probs.backward(torch.ones_like(probs))
+            attention_rows(q, k, None, None, True, num_rows=rows, backend=backend).backward(grad_probs)
 
         return run
 
@@ -202,6 +206,7 @@ def micro(args) -> int:
             print(f"{name:28s} {'n/a (no CUDA)':>21s}")
             continue
         fn()  # warm-up / compile
+        q.grad = k.grad = v.grad = None
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         sync()
         if device.type == "cuda":
@@ -214,8 +219,8 @@ def micro(args) -> int:
             fn()
             sync()
             times.append(time.perf_counter() - start)
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else float("nan")
-        print(f"{name:28s} {sorted(times)[len(times) // 2] * 1e3:10.1f} {peak:10.1f}")
+        peak = f"{(torch.cuda.max_memory_allocated() - base) / 2**20:10.1f}" if device.type == "cuda" else "n/a (CPU)"
+        print(f"{name:28s} {sorted(times)[len(times) // 2] * 1e3:10.1f} {peak:>10s}")
     return 0
 
 

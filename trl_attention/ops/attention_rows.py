@@ -47,20 +47,30 @@ def _acc_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
+def _softmax_rows_(scores: torch.Tensor) -> torch.Tensor:
+    """In-place softmax over the last dim; rows whose every key is -inf become zeros (not NaN).
+
+    In place because the (h, C, T) block dominates on CPU: fresh buffers cost page faults. Composite rather than
+    torch.softmax, whose CPU kernel opens a thread-parallel region even for tiny tensors (ms per call on a busy
+    machine, which makes small models and gradcheck crawl).
+    """
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max.masked_fill_(row_max == float("-inf"), 0.0)
+    probs = scores.sub_(row_max).exp_()
+    denom = probs.sum(dim=-1, keepdim=True)
+    return probs.div_(denom.masked_fill_(denom == 0, 1.0))
+
+
 def _chunk_probs(q, k, bias, scaling, kv, h0, h1):
     """Probabilities (B, h, C, T) of query heads [h0, h1) against key head kv, in fp32 (fp64 for fp64 input).
 
-    Few passes over the (h, C, T) block, which dominate on CPU: scaling is applied to q (C x D) rather than to the
-    scores, the bias is added in place, and torch's fused softmax runs; rows whose every key is -inf come out
-    of softmax as NaN and are set to 0 (the semantics of this reference: such rows attend to nothing).
+    Scaling is applied to q (C x D) rather than to the (h, C, T) scores, and the bias is added in place.
     """
     acc = _acc_dtype(q)
     scores = torch.matmul(q[:, h0:h1].to(acc) * scaling, k[:, kv : kv + 1].to(acc).transpose(-1, -2))
-    if bias is None:
-        return torch.softmax(scores, dim=-1)
-    scores += bias
-    probs = torch.softmax(scores, dim=-1)
-    return probs.masked_fill_(torch.isneginf(bias).all(dim=-1, keepdim=True), 0.0)
+    if bias is not None:
+        scores += bias
+    return _softmax_rows_(scores)
 
 
 class AttentionRowsFunction(torch.autograd.Function):
