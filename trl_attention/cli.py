@@ -1,4 +1,8 @@
-"""Command line: `trl-attention demo [--max_steps N ...]` (also `python -m trl_attention demo`).
+"""Command line: `trl-attention COMMAND ...` (also `python -m trl_attention COMMAND ...`).
+
+Subcommands are plugged in through `SUBCOMMANDS`: each entry names a module exposing
+`register(commands) -> handler`, which adds its parser to the argparse subparsers and returns the function
+`handler(args) -> exit status`. One module per method keeps the CLI of each method next to its code.
 
 The `demo` flags are generated from `DemoConfig`'s fields (type, default and help from the field metadata), so
 the CLI and the Python API cannot drift apart. Each flag is accepted with underscores (`--max_steps`, as in TRL's
@@ -9,13 +13,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 import typing
 
 from . import __version__
 from .demo import DemoConfig, run_demo
 
-__all__ = ["add_dataclass_arguments", "build_parser", "main"]
+__all__ = ["SUBCOMMANDS", "add_dataclass_arguments", "build_parser", "main"]
+
+# Modules (relative to this package) that register a subcommand, in the order `--help` lists them.
+SUBCOMMANDS = ["cli"]
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
@@ -36,7 +44,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(*names, dest=f.name, type=kind, default=default, metavar=metavar, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    """The parser and {subcommand name: handler}."""
     parser = argparse.ArgumentParser(
         prog="trl-attention",
         description="Train and steer multimodal LLMs on where they look (TRL extension).",
@@ -44,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    handlers = {}
+    for name in SUBCOMMANDS:
+        module = sys.modules[__name__] if name == "cli" else importlib.import_module(f".{name}", __package__)
+        handler = module.register(commands)
+        handlers[handler.command] = handler
+    return parser, handlers
+
+
+def register(commands) -> callable:
+    """The `demo` subcommand."""
     demo = commands.add_parser(
         "demo",
         help="Train the tiny VLM with AttentionGRPOTrainer (RAL) on synthetic grounding data, on CPU.",
@@ -51,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics.json/.csv, metrics.png and attention_heatmap.png into --output_dir.",
     )
     add_dataclass_arguments(demo, DemoConfig)
-    return parser
+    _run_demo.command = "demo"
+    return _run_demo
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -74,13 +94,12 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `trl-attention` console script; returns the exit status."""
-    parser = build_parser()
+    parser, handlers = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors: return argparse's status instead of exiting
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
-    commands = {"demo": _run_demo}
-    return commands[args.command](args)
+    return handlers[args.command](args)
 
 
 if __name__ == "__main__":
