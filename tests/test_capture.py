@@ -9,7 +9,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from trl_attention import CaptureError, capture_attention
 from trl_attention.ops import attention_rows
-from trl_attention.tiny import build_tiny_lm, build_tiny_vlm, make_grounding_dataset
+from trl_attention.tiny import build_tiny_lm, build_tiny_qwen_vl, build_tiny_vlm, make_grounding_dataset
 
 
 def _eager_twin(model):
@@ -227,52 +227,9 @@ def test_other_attention_modules_keep_their_kernel():
     assert torch.equal(before, during)  # the capture does not change the model's output bit for bit
 
 
-def _tiny_vl(kind):
-    """Tiny Qwen2-VL / Qwen3-VL from configs, with hand-made inputs (4 image tokens per row, left padding)."""
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen3VLConfig,
-        Qwen3VLForConditionalGeneration,
-    )
-
-    text = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
-    ids = dict(image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4)
-    torch.manual_seed(0)
-    if kind == "qwen3_vl":
-        text["rope_parameters"] = {
-            "rope_type": "default",
-            "rope_theta": 1e4,
-            "mrope_section": [2, 3, 3],
-            "mrope_interleaved": True,
-        }
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, out_hidden_size=64,
-                      num_position_embeddings=64, deepstack_visual_indexes=[0])  # fmt: skip
-        model, patch = (
-            Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision, **ids)),
-            16,
-        )
-    else:
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}
-        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14)
-        model, patch = (
-            Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, vision_config=vision, **ids)),
-            14,
-        )
-    input_ids = torch.tensor(
-        [[0, 0, 10, 11, 3, 5, 5, 5, 5, 4, 12, 13, 14], [20, 21, 22, 23, 3, 5, 5, 5, 5, 4, 12, 13, 15]]
-    )
-    mask = torch.ones_like(input_ids)
-    mask[0, :2] = 0
-    inputs = dict(input_ids=input_ids, attention_mask=mask, pixel_values=torch.randn(32, 3 * 2 * patch * patch),
-                  image_grid_thw=torch.tensor([[1, 4, 4], [1, 4, 4]]), mm_token_type_ids=(input_ids == 5).long())  # fmt: skip
-    return model, inputs
-
-
 @pytest.mark.parametrize("kind", ["qwen2_vl", "qwen3_vl"])
 def test_other_vlm_families_match_eager(kind):
-    model, inputs = _tiny_vl(kind)
+    model, inputs = build_tiny_qwen_vl(kind)
     eager = _eager_twin(model)
     with capture_attention(model, num_rows=5) as cap:
         model(**inputs)

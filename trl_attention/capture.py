@@ -9,6 +9,10 @@ with `ops.attention_rows` (fp32 softmax, O(B*C*T) memory, recomputing backward).
 Why the saved-tensor hooks: under non-reentrant gradient checkpointing the layer is re-run during backward, after
 this context has exited, with the original kernel. Saving the capture's tensors outside the checkpoint's hooks keeps
 the recomputation's saved-tensor sequence identical to a forward without capture, so both paths agree.
+
+The wrapper is the project's one interception point: `attention_hooks(model, fn, layers)` runs
+`fn(layer, module, query, key, value, attention_mask, output, kwargs)` after the kernel of the chosen decoder layers;
+a non-None return replaces the layer's attention output. The capture records through it, VRGA steers through it.
 """
 
 from __future__ import annotations
@@ -21,14 +25,23 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from typing_extensions import Self
 
 from .ops.attention_rows import attention_rows, resolve_backend
 
-__all__ = ["AttentionCapture", "CaptureError", "capture_attention", "find_decoder_layers", "unwrap_model"]
+__all__ = [
+    "AttentionCapture",
+    "AttentionHooks",
+    "CaptureError",
+    "attention_hooks",
+    "capture_attention",
+    "find_decoder_layers",
+    "unwrap_model",
+]
 
 WRAPPABLE = ("sdpa", "eager")
 _PREFIX = "trl_attention_capture_"
-_STATE_ATTR = "_trl_attention_captures"
+_HOOKS_ATTR = "_trl_attention_hooks"  # on each hooked attention module: [(layer index, fn), ...]
 _switched: dict[int, list] = {}  # id(config) -> [config, original implementation, depth]
 
 
@@ -53,10 +66,11 @@ def _base_function(module: nn.Module, base: str):
 def _make_wrapper(base: str):
     def attention(module, query, key, value, attention_mask, *args, **kwargs):
         output = _base_function(module, base)(module, query, key, value, attention_mask, *args, **kwargs)
-        captures = getattr(module, _STATE_ATTR, None)
-        if captures and not _in_backward():
-            for cap in captures:
-                cap._record(module, query, key, attention_mask, kwargs)
+        hooks = getattr(module, _HOOKS_ATTR, None)
+        if hooks and not _in_backward():
+            for layer, fn in hooks:  # in installation order; each sees the output the previous ones left
+                replaced = fn(layer, module, query, key, value, attention_mask, output, kwargs)
+                output = output if replaced is None else replaced
         return output
 
     attention.__name__ = f"{_PREFIX}{base}"
@@ -105,6 +119,77 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
+def _wrappable_base(module: nn.Module, model: nn.Module) -> tuple:
+    """(config, base implementation) of an attention module, or a CaptureError naming the model class."""
+    config = getattr(module, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if impl is not None and impl.startswith(_PREFIX):
+        impl = impl[len(_PREFIX) :]
+    if impl not in WRAPPABLE:
+        raise CaptureError(
+            f"trl_attention cannot wrap attention implementation {impl!r} of "
+            f"{type(unwrap_model(model)).__name__}; supported: {', '.join(WRAPPABLE)} "
+            "(load the model with attn_implementation='sdpa')."
+        )
+    return config, impl
+
+
+class AttentionHooks:
+    """Install `fn(layer, module, query, key, value, attention_mask, output, kwargs)` on decoder `layers`.
+
+    While entered (re-entrant; `with` or `enable()`/`disable()`), the language model runs the registered wrapper of
+    its own kernel, which calls `fn` after the kernel of each hooked layer (not during a backward recomputation).
+    `output` is the kernel's `(attn_output (B, Q, H, D), attn_weights or None)`; returning a tuple replaces it,
+    None keeps it. Layers without hooks, and the vision tower, run their kernel unchanged.
+    """
+
+    def __init__(self, model: nn.Module, fn, layers=None):
+        decoder = find_decoder_layers(model)
+        indices = range(len(decoder)) if layers is None else list(layers)
+        for i in indices:
+            if not -len(decoder) <= i < len(decoder):
+                raise CaptureError(f"layer={i} is out of range for {len(decoder)} decoder layers")
+        self.layers = [i % len(decoder) for i in indices]
+        self.modules = [decoder[i].self_attn for i in self.layers]
+        self.model, self.fn, self._depth = model, fn, 0
+        self._config, self._base = _wrappable_base(self.modules[0], model)
+
+    def __enter__(self) -> Self:
+        if self._depth == 0:
+            entry = _switched.setdefault(id(self._config), [self._config, self._config._attn_implementation, 0])
+            if entry[2] == 0:
+                self._config._attn_implementation_internal = _register(self._base)
+            entry[2] += 1
+            for layer, module in zip(self.layers, self.modules):
+                setattr(module, _HOOKS_ATTR, getattr(module, _HOOKS_ATTR, []) + [(layer, self.fn)])
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        for module in self.modules:
+            setattr(module, _HOOKS_ATTR, [h for h in getattr(module, _HOOKS_ATTR, []) if h[1] is not self.fn])
+        entry = _switched[id(self._config)]
+        entry[2] -= 1
+        if entry[2] == 0:
+            self._config._attn_implementation_internal = entry[1]
+            del _switched[id(self._config)]
+
+    enable = __enter__
+
+    def disable(self) -> None:
+        """Leave every level entered so far: the model runs its plain kernel again."""
+        while self._depth:
+            self.__exit__(None, None, None)
+
+
+def attention_hooks(model: nn.Module, fn, layers=None) -> AttentionHooks:
+    """Context manager running `fn` inside the attention wrapper of decoder `layers` (all when None)."""
+    return AttentionHooks(model, fn, layers)
+
+
 @dataclass
 class AttentionCapture:
     """Captured attention rows. Use through `capture_attention(...)`; read `probs` (or `records`) afterwards."""
@@ -115,56 +200,26 @@ class AttentionCapture:
     max_heads: int | None = None
     backend: str = "auto"
     records: list = field(default_factory=list)
-    _module: nn.Module | None = field(default=None, repr=False)
-    _depth: int = 0
+    _hooks: AttentionHooks | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        layers = find_decoder_layers(self.model)
-        if not -len(layers) <= self.layer < len(layers):
-            raise CaptureError(f"layer={self.layer} is out of range for {len(layers)} decoder layers")
-        self.layer_index = self.layer % len(layers)
-        self._module = layers[self.layer_index].self_attn
-        config = getattr(self._module, "config", None)
-        impl = getattr(config, "_attn_implementation", None)
-        if impl is not None and impl.startswith(_PREFIX):
-            impl = impl[len(_PREFIX) :]
-        if impl not in WRAPPABLE:
-            raise CaptureError(
-                f"capture_attention cannot wrap attention implementation {impl!r} of "
-                f"{type(unwrap_model(self.model)).__name__}; supported: {', '.join(WRAPPABLE)} "
-                "(load the model with attn_implementation='sdpa')."
-            )
-        self._config, self._base = config, impl
-        weight = next(self._module.parameters(), None)
+        self._hooks = AttentionHooks(self.model, self._observe, layers=[self.layer])
+        self.layer_index = self._hooks.layers[0]
+        weight = next(self._hooks.modules[0].parameters(), None)
         try:  # fail here, not at the first forward, on a bad or unavailable backend
             resolve_backend(self.backend, weight.device if weight is not None else "cpu")
         except (ValueError, RuntimeError) as err:
             raise CaptureError(f"capture_attention(backend={self.backend!r}): {err}") from err
 
     # -- context management -------------------------------------------------------------------------------------
-    def __enter__(self) -> AttentionCapture:
-        if self._depth == 0:
+    def __enter__(self) -> Self:
+        if self._hooks._depth == 0:
             self._check_checkpointing()
-            entry = _switched.setdefault(id(self._config), [self._config, self._config._attn_implementation, 0])
-            if entry[2] == 0:
-                self._config._attn_implementation_internal = _register(self._base)
-            entry[2] += 1
-            captures = getattr(self._module, _STATE_ATTR, None) or []
-            setattr(self._module, _STATE_ATTR, captures + [self])
-        self._depth += 1
+        self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._depth -= 1
-        if self._depth:
-            return
-        captures = [c for c in getattr(self._module, _STATE_ATTR, []) if c is not self]
-        setattr(self._module, _STATE_ATTR, captures)
-        entry = _switched[id(self._config)]
-        entry[2] -= 1
-        if entry[2] == 0:
-            self._config._attn_implementation_internal = entry[1]
-            del _switched[id(self._config)]
+        self._hooks.__exit__(*exc)
 
     def _check_checkpointing(self):
         layer = find_decoder_layers(self.model)[self.layer_index]
@@ -178,10 +233,15 @@ class AttentionCapture:
             )
 
     # -- recording ----------------------------------------------------------------------------------------------
+    def _observe(self, layer, module, query, key, value, attention_mask, output, kwargs):
+        self._record(module, query, key, attention_mask, kwargs)
+
     def _record(self, module, query, key, attention_mask, kwargs):
         for name in ("softcap", "s_aux", "position_bias"):
             if kwargs.get(name) is not None:
-                raise CaptureError(f"capture_attention does not support attention with `{name}` ({type(module).__name__})")
+                raise CaptureError(
+                    f"capture_attention does not support attention with `{name}` ({type(module).__name__})"
+                )
         window = kwargs.get("sliding_window")
         if window is not None and attention_mask is None and key.shape[2] > window:
             raise CaptureError("capture_attention needs an explicit mask for sliding-window attention")

@@ -46,6 +46,7 @@ __all__ = [
     "box_to_token_mask",
     "build_processor",
     "build_tiny_lm",
+    "build_tiny_qwen_vl",
     "build_tiny_vlm",
     "build_tokenizer",
     "make_grounding_dataset",
@@ -255,6 +256,46 @@ def build_tiny_lm(seed: int = 0, attn_implementation: str = "sdpa", **overrides)
     text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0})
     config = Qwen2Config(**text, dtype="float32", attn_implementation=attn_implementation)
     return _seeded_init(Qwen2ForCausalLM, config, seed), tok
+
+
+def build_tiny_qwen_vl(kind: str = "qwen2_vl", seed: int = 0):
+    """Return ``(model, inputs)``: a tiny Qwen2-VL (``kind="qwen2_vl"``) or Qwen3-VL (``"qwen3_vl"``) from configs,
+    with hand-made inputs (2 rows, one 4-token image each, row 0 left-padded by 2) for the other families' tests."""
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+    )
+
+    text = {"vocab_size": 64, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "bos_token_id": 1, "eos_token_id": 2,
+            "pad_token_id": 0}  # fmt: skip
+    ids = {"image_token_id": 5, "video_token_id": 6, "vision_start_token_id": 3, "vision_end_token_id": 4}
+    rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}
+    if kind == "qwen3_vl":
+        text["rope_parameters"] = {**rope, "mrope_interleaved": True}
+        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 16,
+                  "out_hidden_size": 64, "num_position_embeddings": 64, "deepstack_visual_indexes": [0]}  # fmt: skip
+        cls, config, patch = Qwen3VLForConditionalGeneration, Qwen3VLConfig, 16
+    elif kind == "qwen2_vl":
+        text["rope_parameters"] = rope
+        vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "patch_size": 14}
+        cls, config, patch = Qwen2VLForConditionalGeneration, Qwen2VLConfig, 14
+    else:
+        raise ValueError(f"kind must be 'qwen2_vl' or 'qwen3_vl', got {kind!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config(text_config=text, vision_config=vision, **ids)).eval()
+        pixel_values = torch.randn(32, 3 * 2 * patch * patch)
+    input_ids = torch.tensor(
+        [[0, 0, 10, 11, 3, 5, 5, 5, 5, 4, 12, 13, 14], [20, 21, 22, 23, 3, 5, 5, 5, 5, 4, 12, 13, 15]]
+    )
+    mask = torch.ones_like(input_ids)
+    mask[0, :2] = 0
+    inputs = {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pixel_values,
+              "image_grid_thw": torch.tensor([[1, 4, 4], [1, 4, 4]]), "mm_token_type_ids": (input_ids == 5).long()}  # fmt: skip
+    return model, inputs
 
 
 def save_tiny_vlm(path, seed: int = 0) -> str:

@@ -1,0 +1,309 @@
+"""`enable_vrga(model, config)`: VRGA at generation time through the capture layer's attention wrapper.
+
+Prefill (a forward whose input_ids hold more than one token): every decoder layer keeps its kernel's output and
+additionally computes the per-head softmax row of the LAST prompt token only (one (B, H, 1, T) product); after the
+last layer, stage 1 picks each sample's heads and focus tokens. Decoding (one query token): every layer computes
+the new token's per-head row (the statistics need it), decides per (sample, head) whether to boost, and in the
+default "correction" mode keeps the kernel's output and corrects the boosted heads with
+    out' = (out + gamma * sum_S p_i v_i) / (1 + gamma * sum_S p_i)
+(S = focus tokens + neighbours), which is exactly the output of the reweighted, renormalised row. No host sync
+happens during decoding; everything is batched with per-sample index tensors (left padding, several images).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from typing_extensions import Self
+
+from ..capture import AttentionHooks, CaptureError, unwrap_model
+from ..ops.attention_rows import normalize_mask
+from ..regions import visual_token_positions
+from .config import VRGAConfig
+from .select import image_statistics, select_focus
+
+__all__ = ["VRGA", "VRGADiagnostics", "enable_vrga", "head_rows"]
+
+
+def head_rows(query, key, bias, scaling) -> torch.Tensor:
+    """Per-head softmax rows (B, H, Q, T) in fp32; GQA keys (B, H_kv, T, D) are shared without being repeated.
+
+    The product runs in the model's dtype (as eager attention does), the softmax in fp32.
+    """
+    batch, heads, rows, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query.reshape(batch, kv_heads, heads // kv_heads * rows, dim) * scaling
+    scores = torch.matmul(q, key.transpose(-1, -2)).float().view(batch, heads, rows, -1)
+    if bias is not None:
+        scores = scores + bias
+    return torch.softmax(scores, dim=-1)
+
+
+@dataclass
+class VRGADiagnostics:
+    """What VRGA decided for one sample in the last generate/forward call. Layers are decoder layer indices."""
+
+    visual_heads: list  # [(layer, head)] selected in stage 1
+    background_heads: list  # [(layer, head)]
+    used_fallback: bool  # no head met both visual criteria: the R_img percentile alone was used
+    r_img: torch.Tensor  # (L, H) at the last prompt token
+    h_img: torch.Tensor  # (L, H)
+    efr: torch.Tensor  # (L, H)
+    refined_maps: list  # per image: A_refined on its token grid (h, w), or (t, h, w) for t > 1
+    focus: list  # per image: bool grid of the focus tokens T_q
+    boosted_tokens: list  # per image: bool grid of T_q and its neighbours (the tokens gamma multiplies)
+    focus_positions: torch.Tensor  # sequence positions (in the padded prompt) of the boosted tokens
+    boost_counts: torch.Tensor  # (L, H): decoding steps in which each head was boosted (updated while decoding)
+
+
+def _split_grids(input_ids, image_token_id: int, grids, merge: int):
+    """Per sample: (list of per-image position tensors, list of (t, h, w) token grids), in prompt order."""
+    counts = [] if grids is None else [int(t) * int(h) * int(w) // merge**2 for t, h, w in grids.tolist()]
+    out, used = [], 0
+    for b, ids in enumerate(input_ids):
+        wanted, mine = int((ids == image_token_id).sum()), []
+        while wanted > sum(counts[i] for i in mine) and used < len(counts):
+            mine.append(used)
+            used += 1
+        sample_grids = [grids[i].tolist() for i in mine]
+        positions = visual_token_positions(ids, image_token_id, sample_grids, merge)
+        if positions is None:
+            raise ValueError(
+                f"VRGA: sample {b} has {wanted} image tokens, which do not match its image_grid_thw rows "
+                f"{sample_grids} (merge size {merge}); was the prompt truncated?"
+            )
+        out.append((positions, [(t, h // merge, w // merge) for t, h, w in sample_grids]))
+    if used != len(counts):
+        raise ValueError(f"VRGA: image_grid_thw has {len(counts)} images but the input_ids hold only {used}")
+    return out
+
+
+def _pad(rows: list, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D index tensors into (B, max) indices (0 where padded) and a validity mask."""
+    width = max([len(r) for r in rows] + [1])
+    index = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    for b, r in enumerate(rows):
+        index[b, : len(r)] = r
+        valid[b, : len(r)] = True
+    return index, valid
+
+
+def _pairs(mask: torch.Tensor) -> list:
+    """[(layer, head)] of the True entries of an (L, H) mask."""
+    return [tuple(p) for p in torch.nonzero(mask).tolist()]
+
+
+def _grid_views(values: torch.Tensor, grids) -> list:
+    """Split a vector over a sample's image tokens into one (h, w) (or (t, h, w)) grid per image."""
+    parts = torch.split(values.detach().cpu(), [t * h * w for t, h, w in grids])
+    return [p.view(h, w) if t == 1 else p.view(t, h, w) for p, (t, h, w) in zip(parts, grids)]
+
+
+class VRGA:
+    """Handle of VRGA on a model: active from creation until `disable()` (or the end of a `with` block).
+
+    `diagnostics` holds one `VRGADiagnostics` per sample of the last prompt (None for a sample without images).
+    """
+
+    def __init__(self, model: nn.Module, config: VRGAConfig | None = None):
+        self.config = config if config is not None else VRGAConfig()
+        base = unwrap_model(model)
+        name = type(base).__name__
+        self.image_token_id = getattr(base.config, "image_token_id", None)
+        if self.image_token_id is None:
+            raise CaptureError(f"VRGA needs a vision-language model with image tokens; {name} has no image_token_id")
+        vision = getattr(base.config, "vision_config", None)
+        self.merge = getattr(vision, "spatial_merge_size", None)
+        if self.merge is None:
+            raise CaptureError(f"VRGA needs a Qwen-VL-style vision_config.spatial_merge_size; {name} has none")
+        # transformers' generate encodes the images before the prefill forward and does not pass image_grid_thw to
+        # it: the grids are read where the images are encoded, in the (inner) model's get_image_features.
+        self._encoder_owner = getattr(base, "base_model", base)
+        encoder = getattr(self._encoder_owner, "get_image_features", None)
+        if encoder is None:
+            raise CaptureError(
+                f"VRGA needs a VLM with get_image_features(pixel_values, image_grid_thw); {name} has none"
+            )
+        self._hooks = AttentionHooks(model, self._attention)  # CaptureError for flash/flex attention, no decoder
+        self.num_layers = len(self._hooks.layers)
+        self.diagnostics: list = []
+        self._state: dict | None = None
+        self._grids = None
+        self._encoder_owner.get_image_features = self._recording(encoder)
+        self._pre_hook = base.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        self._hooks.enable()
+
+    def _recording(self, encoder):
+        signature = inspect.signature(encoder)
+
+        @functools.wraps(encoder)
+        def get_image_features(*args, **kwargs):
+            self._grids = signature.bind(*args, **kwargs).arguments.get("image_grid_thw")
+            return encoder(*args, **kwargs)
+
+        return get_image_features
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return self._pre_hook is not None
+
+    def disable(self) -> None:
+        """Remove VRGA: the model runs exactly as before (diagnostics are kept)."""
+        if self._pre_hook is not None:
+            self._pre_hook.remove()
+            self._pre_hook = None
+            self._hooks.disable()
+            del self._encoder_owner.get_image_features  # our instance attribute; the class method shows again
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.disable()
+
+    # -- per forward --------------------------------------------------------------------------------------------
+    def _on_forward(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if kwargs.get("use_cache") is False:
+            raise ValueError("VRGA needs use_cache=True: decoding steps are recognised by their single query token")
+        if ids is None:
+            raise ValueError(f"VRGA needs input_ids (to find the image tokens); {type(module).__name__} got none")
+        mask = kwargs.get("attention_mask")
+        n_keys = mask.sum(-1) if mask is not None and mask.dim() == 2 else torch.full(ids.shape[:1], ids.shape[1])
+        if ids.shape[1] > 1:
+            cache = kwargs.get("past_key_values")
+            if cache is not None and cache.get_seq_length() > 0:
+                raise ValueError("VRGA does not support chunked prefill or multi-token continuation of a cache")
+            self._state = {"ids": ids, "n_keys": n_keys.to(ids.device, torch.float32), "prefill": {}, "ready": False}
+            self.diagnostics = []
+        elif self._state is not None and mask is not None and mask.dim() == 2:
+            self._state["n_keys"] = n_keys.to(torch.float32)
+        elif self._state is not None:  # no 2-D mask: every cached position counts
+            self._state["n_keys"] = self._state["n_keys"] + 1
+
+    def _locate_images(self, state):
+        """At the first prefill layer (the images are encoded by then): per-sample image positions and grids."""
+        input_ids, device = state.pop("ids"), state["n_keys"].device
+        grids, self._grids = self._grids, None
+        if not (input_ids == self.image_token_id).any():
+            grids = None
+        samples = _split_grids(input_ids, self.image_token_id, grids, self.merge)
+        flat = [torch.cat(pos) if pos else torch.zeros(0, dtype=torch.long, device=device) for pos, _ in samples]
+        index, valid = _pad(flat, device)
+        state.update(samples=samples, flat=flat, img_index=index, img_valid=valid, has_image=valid.any(-1))
+
+    def _finish_prefill(self, state):
+        """Stage 1 for every sample, once all layers have reported their last-prompt-token rows."""
+        layers = [state["prefill"].pop(i) for i in range(self.num_layers)]
+        r_img, h_img, efr, maps = (torch.stack([layer[k] for layer in layers], dim=1) for k in range(4))
+        batch, _, heads = r_img.shape
+        counts = torch.zeros(batch, self.num_layers, heads, dtype=torch.long, device=r_img.device)
+        boosted, self.diagnostics = [], []
+        for b, (positions, grids) in enumerate(state["samples"]):
+            n_image = len(state["flat"][b])
+            if n_image == 0:
+                boosted.append(state["flat"][b])
+                self.diagnostics.append(None)
+                continue
+            sel = select_focus(r_img[b], efr[b], maps[b, :, :, :n_image], grids, self.config)
+            boosted.append(state["flat"][b][sel.boosted])
+            views = [_grid_views(t, grids) for t in (sel.refined, sel.focus, sel.boosted)]
+            stats = [t[b].cpu() for t in (r_img, h_img, efr)]
+            self.diagnostics.append(
+                VRGADiagnostics(
+                    _pairs(sel.visual),
+                    _pairs(sel.background),
+                    sel.used_fallback,
+                    *stats,
+                    *views,
+                    focus_positions=boosted[-1].cpu(),
+                    boost_counts=counts[b],
+                )
+            )
+        state["boost_index"], state["boost_valid"] = _pad(boosted, r_img.device)
+        state["counts"], state["ready"] = counts, True
+
+    # -- the attention hook -------------------------------------------------------------------------------------
+    def _attention(self, layer, module, query, key, value, attention_mask, output, kwargs):
+        state = self._state
+        if state is None:
+            return None
+        batch, _, q_len, dim = query.shape
+        scaling = kwargs.get("scaling") or dim**-0.5
+        if q_len > 1:
+            if layer in state["prefill"] or state["ready"]:
+                return None  # a multi-token forward after stage 1 (no new prompt seen): keep the selection
+            if "ids" in state:
+                self._locate_images(state)
+            is_causal = kwargs.get("is_causal")
+            is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+            weights = output[1]
+            if weights is not None:  # eager base: its probabilities are already there
+                rows = weights[:, :, -1].float()
+            else:
+                bias = normalize_mask(attention_mask, batch, 1, q_len, key.shape[2], is_causal, query.device)
+                rows = head_rows(query[:, :, -1:], key, bias, scaling)[:, :, 0]
+            state["prefill"][layer] = self._statistics(state, rows) + (self._gather(rows, state["img_index"]),)
+            if len(state["prefill"]) == self.num_layers:
+                self._finish_prefill(state)
+            return None
+        if not state["ready"]:
+            return None
+        return self._decode_step(state, layer, query, key, value, attention_mask, output, scaling)
+
+    @staticmethod
+    def _gather(rows, index):
+        return rows.gather(-1, index[:, None, :].expand(-1, rows.shape[1], -1))
+
+    def _statistics(self, state, rows):
+        image_probs = self._gather(rows, state["img_index"])
+        mean_all = rows.sum(-1) / state["n_keys"][:, None]
+        return image_statistics(image_probs, mean_all, state["img_valid"][:, None])
+
+    def _decode_step(self, state, layer, query, key, value, attention_mask, output, scaling):
+        batch, heads = query.shape[:2]
+        kv_heads, length = key.shape[1], key.shape[2]
+        weights = output[1]
+        if weights is not None:
+            rows = weights[:, :, -1].float()
+        else:
+            bias = normalize_mask(attention_mask, batch, 1, 1, length, False, query.device)
+            rows = head_rows(query, key, bias, scaling)[:, :, 0]  # (B, H, T)
+        r_img, h_img, _ = self._statistics(state, rows)
+        cfg = self.config
+        boost = (r_img > cfg.boost_r_min) & (r_img > cfg.boost_r_over_h * h_img) & state["has_image"][:, None]
+        state["counts"][:, layer] += boost
+        gain = cfg.gamma * boost.to(torch.float32)  # (B, H): gamma on boosted heads, 0 elsewhere
+        index, valid = state["boost_index"], state["boost_valid"]
+        attn_output = output[0]  # (B, 1, H, D)
+        if cfg.mode == "correction":
+            focus_probs = self._gather(rows, index) * valid[:, None]  # (B, H, S)
+            picked = value.gather(2, index[:, None, :, None].expand(-1, kv_heads, -1, value.shape[-1]))
+            grouped = focus_probs.view(batch, kv_heads, heads // kv_heads, -1)
+            correction = torch.matmul(grouped.to(value.dtype), picked).float().view(batch, 1, heads, -1)
+            out = (attn_output.float() + gain[:, None, :, None] * correction) / (1.0 + gain * focus_probs.sum(-1))[
+                :, None, :, None
+            ]
+        else:  # explicit: reweight the whole row, renormalise, multiply by V (what an eager implementation does)
+            in_focus = torch.zeros(batch, length, device=rows.device)
+            in_focus.scatter_add_(1, index, valid.to(in_focus.dtype))  # padded entries add 0 at index 0
+            reweighted = rows * (1.0 + gain[:, :, None] * in_focus[:, None, :])
+            reweighted = reweighted / reweighted.sum(-1, keepdim=True)
+            grouped = reweighted.view(batch, kv_heads, heads // kv_heads, length).to(value.dtype)
+            out = torch.matmul(grouped, value).view(batch, 1, heads, -1)
+        return out.to(attn_output.dtype), output[1]
+
+
+def enable_vrga(model: nn.Module, config: VRGAConfig | None = None) -> VRGA:
+    """Turn VRGA on for `model` (a Qwen2-VL / Qwen2.5-VL / Qwen3-VL-style VLM on sdpa or eager attention).
+
+    Returns the handle: `with enable_vrga(model, cfg) as vrga: model.generate(**inputs)`, or keep it and call
+    `vrga.disable()`. `vrga.diagnostics` describes the last prompt (heads, refined map and focus tokens per image).
+    """
+    return VRGA(model, config)
