@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import peft
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SMALL = ["--use_cpu", "true", "--report_to", "none", "--num_generations", "4", "--per_device_train_batch_size", "4",
@@ -37,11 +38,22 @@ def test_sayo_example_runs_the_recipe_on_the_tiny_vlm(tmp_path):
     assert (tmp_path / "adapter_config.json").exists()
 
 
-def test_ral_example_runs_on_the_tiny_vlm(tmp_path, monkeypatch):
-    ral = _load("ral_grpo")
-    argv = ["ral_grpo.py", "--output_dir", str(tmp_path), "--max_steps", "2", "--num_iterations", "2", *SMALL]
-    monkeypatch.setattr("sys.argv", argv)
+@pytest.mark.parametrize("name, suffix, format_reward", [
+    ("ral_grpo", "then give the final answer inside <answer></answer>.", "reasoning_format_reward"),
+    ("ral_zero_grpo", "Give only the final answer inside <answer></answer>.", "answer_format_reward"),
+])  # fmt: skip
+def test_ral_examples_run_with_tiny(name, suffix, format_reward, tmp_path):
+    _load("ral_grpo")  # ral_zero_grpo imports it
+    example = _load(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ral.main()
+        trainer = example.main(["--tiny", "--output_dir", str(tmp_path), "--max_steps", "2", "--disable_tqdm", "true"])
+    assert trainer.args.attn_coef == 1.0 and trainer.args.num_iterations == 2
+    assert trainer.args.reward_weights == [0.9, 0.1, 0.5]  # the paper's 0.9 / 0.1, plus --tiny's shaping reward
+    assert [f.__name__ for f in trainer.reward_funcs] == ["accuracy_reward", format_reward, "char_overlap"]
+    assert trainer.train_dataset[0]["prompt"][0]["content"][-1]["text"].endswith(suffix)
+    visual = [p.requires_grad for n, p in trainer.model.named_parameters() if ".visual." in f".{n}"]
+    assert visual and not any(visual)  # vision tower frozen, as in the paper
+    jsd = [h["attention/jsd"] for h in trainer.state.log_history if "attention/jsd" in h]
+    assert len(jsd) == 2 and jsd[0] < 1e-7 and jsd[1] > 0  # the term acts on the reused rollouts
     assert (tmp_path / "model.safetensors").exists()

@@ -1,0 +1,155 @@
+"""What the `grpo` CLI and the example scripts share: prompt formats, dataset preparation, rewards by name, models.
+
+Prompt formats (RAL, PAPERS.md section 1): "reasoning" asks for `<think>...</think><answer>...</answer>` (RAL),
+"answer" for `<answer>...</answer>` only (RAL-zero), "none" leaves the question as it is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+from datasets import Dataset
+
+from .demo import char_overlap, exact_answer
+from .rewards import RegionAttentionReward, accuracy_reward, completion_text
+from .rewards import format_reward as sayo_format_reward
+from .tiny import make_grounding_dataset
+
+__all__ = [
+    "PROMPT_FORMATS", "REWARDS", "answer_format_reward", "freeze_vision_tower", "load_model_and_processor", "prepare_dataset",
+    "reasoning_format_reward", "resolve_rewards", "synthetic_vqa",
+]  # fmt: skip
+
+PROMPT_FORMATS = {
+    "reasoning": " Think step by step inside <think></think>, then give the final answer inside <answer></answer>.",
+    "answer": " Give only the final answer inside <answer></answer>.",
+    "none": "",
+}
+_REASONING = re.compile(r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
+_ANSWER_ONLY = re.compile(r"^\s*<answer>.+?</answer>\s*$", re.DOTALL)
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# Column names tried, in order, when the dataset does not say (public VQA / reasoning datasets).
+_QUESTION_COLUMNS = ("problem", "question", "query")
+_ANSWER_COLUMNS = ("solution", "answer", "label", "answers")
+
+
+def reasoning_format_reward(completions, **kwargs) -> list[float]:
+    """1.0 for exactly `<think>...</think><answer>...</answer>` (RAL's reasoning format), else 0.0."""
+    return [float(bool(_REASONING.match(completion_text(c)))) for c in completions]
+
+
+def answer_format_reward(completions, **kwargs) -> list[float]:
+    """1.0 for exactly `<answer>...</answer>` (RAL-zero's answer-only format), else 0.0."""
+    return [float(bool(_ANSWER_ONLY.match(completion_text(c)))) for c in completions]
+
+
+REWARDS = {
+    "accuracy": lambda fmt: accuracy_reward,
+    "format": lambda fmt: {"reasoning": reasoning_format_reward, "answer": answer_format_reward}.get(fmt),
+    "sayo": lambda fmt: RegionAttentionReward(),
+    "sayo_format": lambda fmt: sayo_format_reward,
+    "answer_match": lambda fmt: exact_answer,
+    "char_overlap": lambda fmt: char_overlap,
+}
+
+
+def resolve_rewards(names, prompt_format: str = "answer") -> list:
+    """Reward callables for `names`: keys of `REWARDS` or dotted import paths (`my_pkg.rewards.func`)."""
+    if not names:
+        raise ValueError(f"no reward given; choose from {sorted(REWARDS)} or a dotted import path")
+    rewards = []
+    for name in names:
+        if name in REWARDS:
+            reward = REWARDS[name](prompt_format)
+            if reward is None:
+                raise ValueError(f"reward 'format' needs prompt_format 'reasoning' or 'answer', got {prompt_format!r}")
+        elif "." in name:
+            module, _, attr = name.rpartition(".")
+            try:
+                reward = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as error:
+                raise ValueError(f"cannot import reward {name!r}: {error}") from error
+        else:
+            raise ValueError(f"unknown reward {name!r}; choose from {sorted(REWARDS)} or a dotted import path")
+        rewards.append(reward)
+    return rewards
+
+
+def _pick(columns, given, candidates, what):
+    if given is not None:
+        if given not in columns:
+            raise ValueError(f"{what} column {given!r} is not in the dataset (columns: {sorted(columns)})")
+        return given
+    found = next((c for c in candidates if c in columns), None)
+    if found is None:
+        raise ValueError(f"no {what} column: tried {list(candidates)} (columns: {sorted(columns)}); name it")
+    return found
+
+
+def _answer_text(value) -> str:
+    """The reference answer: the first of a list (ChartQA's `label`), the <answer> tag's content if tagged."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else ""
+    match = _ANSWER_TAG.search(str(value))
+    return (match.group(1) if match else str(value)).strip()
+
+
+def prepare_dataset(dataset: Dataset, prompt_format: str = "answer", question_column: str | None = None,
+                    answer_column: str | None = None, image_column: str | None = None) -> Dataset:  # fmt: skip
+    """A VQA-style dataset as TRL conversational prompts: `prompt` (one image part per image, the question plus the
+    format instruction), `image`/`images` and `solution` (the bare answer). Rows that already have a `prompt` keep it
+    (then only `solution` is derived). Columns are guessed (question: problem/question/query; answer:
+    solution/answer/label/answers; image: image/images) unless named."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format must be one of {sorted(PROMPT_FORMATS)}, got {prompt_format!r}")
+    columns = set(dataset.column_names)
+    answer = _pick(columns, answer_column, _ANSWER_COLUMNS, "answer")
+    if "prompt" in columns and question_column is None:
+        return dataset.map(lambda row: {"solution": _answer_text(row[answer])})
+    question = _pick(columns, question_column, _QUESTION_COLUMNS, "question")
+    image = _pick(columns, image_column, ("image", "images"), "image")
+    suffix = PROMPT_FORMATS[prompt_format]
+
+    def convert(row):
+        count = len(row[image]) if isinstance(row[image], list) else 1
+        content = [{"type": "image"}] * count + [{"type": "text", "text": str(row[question]).strip() + suffix}]
+        return {"prompt": [{"role": "user", "content": content}], "solution": _answer_text(row[answer])}
+
+    return dataset.map(convert)
+
+
+def synthetic_vqa(n: int, seed: int = 0) -> Dataset:
+    """The tiny grounding data as a raw VQA dataset (`question`, `answer`, `image`, `boxes`, ...), so `--tiny` runs
+    go through the same `prepare_dataset` path as a hub dataset."""
+    data = make_grounding_dataset(n, seed=seed)
+    questions = [next(p["text"] for p in row[0]["content"] if p["type"] == "text") for row in data["prompt"]]
+    return data.remove_columns(["prompt", "solution"]).add_column("question", questions)
+
+
+def load_model_and_processor(name: str, dtype: str | None = None, attn_implementation: str | None = None,
+                             revision: str | None = None):  # fmt: skip
+    """A VLM (or, failing that, a causal LM) and its processor/tokenizer, left-padded for generation; `sdpa` by
+    default because flash-attention cannot be captured."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    kwargs = {"dtype": dtype or "auto", "attn_implementation": attn_implementation or "sdpa", "revision": revision}
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
+        return model, AutoProcessor.from_pretrained(name, padding_side="left", revision=revision)
+    except ValueError:  # not an image-text-to-text architecture
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        return model, AutoTokenizer.from_pretrained(name, padding_side="left", revision=revision)
+
+
+def freeze_vision_tower(model) -> int:
+    """Freeze the vision encoder and projector (RAL's setup trains only the language model); returns how many
+    parameter tensors were frozen. Raises when the model has none (a text-only model)."""
+    frozen = 0
+    for name, parameter in model.named_parameters():
+        if any(part in name.split(".") for part in ("visual", "vision_tower", "multi_modal_projector")):
+            parameter.requires_grad_(False)
+            frozen += 1
+    if not frozen:
+        raise ValueError("freeze_vision: the model has no visual / vision_tower / multi_modal_projector parameters")
+    return frozen
