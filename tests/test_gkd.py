@@ -1,8 +1,11 @@
 """AttentionGKDTrainer: equality with TRL's GKDTrainer at gamma=0, loss and gradients against eager attention and TRL's
 own generalized JSD, VLM inputs in both paths, the distillation effect, tokenisation checks, collator errors."""
 
+import importlib.util
 import math
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from trl_attention.gkd import AttentionGKDConfig, AttentionGKDTrainer, completio
 from trl_attention.tiny import build_tiny_lm, build_tiny_vlm, make_grounding_dataset, save_tiny_vlm
 from trl_attention.vision_collator import VisionDistillationCollator, validate_distillation_dataset
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # A teacher of another depth, width and head count (the 32B -> 7B situation in miniature).
 TEACHER_SHAPE = dict(num_hidden_layers=3, hidden_size=96, intermediate_size=192, num_attention_heads=6,
                      num_key_value_heads=3)  # fmt: skip
@@ -216,3 +220,24 @@ def test_collator_layout_and_bad_rows_are_named():
                                + [{"prompt": [{"role": "user", "content": "hi"}], "completion": None}])  # fmt: skip
     with pytest.raises(ValueError, match="dataset row 2"):
         validate_distillation_dataset(broken)
+
+
+def test_distillation_example_runs_on_tiny_models(tmp_path):
+    spec = importlib.util.spec_from_file_location("attention_distill", EXAMPLES / "attention_distill.py")
+    example = importlib.util.module_from_spec(spec)
+    sys.modules["attention_distill"] = example  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(example)
+    _, args = example.parse(["--output_dir", str(tmp_path), "--use_cpu", "true"])
+    assert (args.lmbda, args.attn_distill_coef, args.teacher_model_init_kwargs["dtype"]) == (1.0, 0.5, "bfloat16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = example.main(["--tiny", "--output_dir", str(tmp_path), "--max_steps", "2", "--use_cpu", "true",
+                                "--report_to", "none", "--per_device_train_batch_size", "2",
+                                "--gradient_accumulation_steps", "1", "--max_new_tokens", "4", "--logging_steps", "1",
+                                "--save_strategy", "no", "--disable_tqdm", "true"])  # fmt: skip
+    assert (
+        trainer.teacher_model.config.text_config.num_hidden_layers
+        != trainer.model.config.text_config.num_hidden_layers
+    )
+    assert len([h for h in trainer.state.log_history if "attention/distill_jsd" in h]) == 2
+    assert (tmp_path / "model.safetensors").exists()
