@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .capture import AttentionCapture, CaptureError, capture_attention, find_decoder_layers
+from .gkd import AttentionGKDConfig, AttentionGKDTrainer
 from .losses import attention_entropy, attention_policy, jsd
 from .ral import AttentionGRPOConfig, AttentionGRPOTrainer
 from .regions import region_token_indices
@@ -10,6 +11,8 @@ from .rewards import CompletionAttention, RegionAttentionReward, attention_rewar
 
 __all__ = [
     "AttentionCapture",
+    "AttentionGKDConfig",
+    "AttentionGKDTrainer",
     "AttentionGRPOConfig",
     "AttentionGRPOTrainer",
     "CaptureError",
