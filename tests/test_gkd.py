@@ -97,6 +97,18 @@ def test_gamma_zero_is_bit_identical_to_gkd_trainer(tmp_path):
     assert losses[0] == losses[1] and len(losses[0]) == 3
     for (name, a), (_, b) in zip(runs[0].model.named_parameters(), runs[1].model.named_parameters()):
         assert torch.equal(a, b), name
+    assert not any("attention/distill_jsd" in h for h in runs[1].state.log_history)
+    # text-only with the term on: TRL's left-padded ChatML batches, the term changes the updates and is logged
+    student, tokenizer = build_tiny_lm(seed=0)
+    args = _args(AttentionGKDConfig, tmp_path / "on", lmbda=0.5, learning_rate=1e-2, attn_distill_coef=5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = AttentionGKDTrainer(model=student, teacher_model=build_tiny_lm(seed=1, **TEACHER_SHAPE)[0],
+                                      args=args, train_dataset=dataset, processing_class=tokenizer)  # fmt: skip
+        trainer.train()
+    logged = [h["attention/distill_jsd"] for h in trainer.state.log_history if "attention/distill_jsd" in h]
+    assert len(logged) == 3 and all(0 < v < math.log(2) for v in logged)
+    assert any(not torch.equal(a, b) for a, b in zip(runs[1].model.parameters(), trainer.model.parameters()))
 
 
 def test_vlm_loss_and_gradients_match_eager_reference(tmp_path):
