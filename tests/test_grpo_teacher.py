@@ -102,3 +102,24 @@ def test_coefficients_without_teacher_and_mismatched_teacher_are_errors(tmp_path
         _run(tmp_path / "a", text_dataset, gkd_coef=1.0)
     with pytest.raises(ValueError, match="vocab_size"):
         _run(tmp_path / "b", text_dataset, teacher=build_tiny_lm(seed=1, vocab_size=700)[0], gkd_coef=1.0)
+
+
+def test_teacher_term_adds_no_student_forward(tmp_path, text_dataset):
+    model, tokenizer = build_tiny_lm(seed=0)
+    args = trainer_args(AttentionGRPOConfig, tmp_path, max_steps=1, attn_coef=0.0, gkd_coef=1.0, attn_distill_coef=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = AttentionGRPOTrainer(model=model, reward_funcs=length_reward, args=args, train_dataset=text_dataset,
+                                       processing_class=tokenizer, teacher_model=build_tiny_lm(seed=1)[0])  # fmt: skip
+        trainer.train()
+    batch = trainer._buffered_inputs[0]
+    calls = {"student": 0, "teacher": 0}
+    backbones = (("student", trainer.model.model), ("teacher", trainer.teacher_model.model))
+    handles = [module.register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+               for name, module in backbones]  # fmt: skip
+    try:
+        trainer._compute_loss(trainer.model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == {"student": 1, "teacher": 1}
