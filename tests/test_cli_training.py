@@ -85,7 +85,7 @@ def test_help_lists_every_option_group(capsys):
         assert option in text, option
     assert cli.main(["--help"]) == 0
     text = capsys.readouterr().out
-    assert all(name in text for name in ("demo", "grpo", "env"))
+    assert all(name in text for name in ("demo", "grpo", "gkd", "env"))
 
 
 def test_grpo_runs_the_tiny_yaml_with_overrides_and_logs_heatmaps(tmp_path, capsys):
@@ -153,3 +153,27 @@ def test_python_dash_m_grpo_help():
                           timeout=120, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "--attn_coef" in done.stdout and "--config" in done.stdout
+
+
+def test_gkd_runs_the_tiny_yaml_and_logs_the_distillation_jsd(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    argv = ["gkd", "--config", str(ROOT / "examples" / "configs" / "gkd_tiny.yaml"), "--max_steps", "2",
+            "--output_dir", str(tmp_path), "--heatmap_every", "2", "--report_to", "tensorboard",
+            "--disable_tqdm", "true"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "Trained 2 steps" in capsys.readouterr().out and (tmp_path / "model.safetensors").is_file()
+    (event_file,) = (tmp_path / "runs").rglob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    jsd = [e.value for e in events.Scalars("train/attention/distill_jsd")]
+    assert len(jsd) == 2 and all(0 < v < math.log(2) for v in jsd)  # different student and teacher attention
+    assert [e.step for e in events.Images("attention_heatmap/0")] == [2]  # heatmap_every=2
+
+
+def test_gkd_errors(capsys):
+    argv = ["gkd", "--use_cpu", "true", "--model_name_or_path", "x", "--dataset_name", "y"]
+    assert cli.main(argv) == 2
+    assert "trl-attention gkd: error: teacher_model_name_or_path is required" in capsys.readouterr().err
+    assert cli.main(["gkd", "--tiny", "--attn_distil_coef", "1"]) == 2
+    assert "unrecognized arguments: attn_distil_coef (did you mean 'attn_distill_coef'?)" in capsys.readouterr().err
