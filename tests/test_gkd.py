@@ -19,6 +19,7 @@ from trl_attention.tiny import build_tiny_lm, build_tiny_vlm, make_grounding_dat
 from trl_attention.vision_collator import VisionDistillationCollator, validate_distillation_dataset
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+BENCHMARKS = EXAMPLES.parent / "benchmarks"
 # A teacher of another depth, width and head count (the 32B -> 7B situation in miniature).
 TEACHER_SHAPE = dict(num_hidden_layers=3, hidden_size=96, intermediate_size=192, num_attention_heads=6,
                      num_key_value_heads=3)  # fmt: skip
@@ -267,3 +268,12 @@ def test_one_student_and_one_teacher_forward_per_loss(tmp_path):
         for handle in handles:
             handle.remove()
     assert calls == {"student": 1, "teacher": 1}
+
+
+def test_distillation_overhead_benchmark_runs():
+    spec = importlib.util.spec_from_file_location("distill_overhead", BENCHMARKS / "distill_overhead.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--repeats", "1", "--completion", "2", "--batch", "2"])
+    assert result["gkd"] > 0 and result["gkd+attention"] > 0
+    assert result["ratio"] == pytest.approx(result["gkd+attention"] / result["gkd"])
