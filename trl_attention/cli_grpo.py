@@ -31,6 +31,11 @@ class GRPOScriptArguments(DataArguments):
         metadata={"help": f"Reward functions, from {sorted(REWARDS)} ('sayo' = RegionAttentionReward, needs a "
                   "`boxes` column) or dotted import paths; weights via reward_weights."},
     )  # fmt: skip
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Teacher model (path or hub id, same tokenizer) for RAL's distillation terms: set gkd_coef "
+                  "and/or attn_distill_coef > 0."},
+    )  # fmt: skip
 
 
 def parse_args(argv: list[str], defaults: dict | None = None):
@@ -45,6 +50,7 @@ def build_grpo_trainer(script_args, training_args, model_args):
     trainer = AttentionGRPOTrainer(
         model=model, reward_funcs=reward_funcs, args=training_args, train_dataset=dataset,
         processing_class=processor, peft_config=get_peft_config(model_args),
+        teacher_model=script_args.teacher_model_name_or_path,
     )  # fmt: skip
     add_heatmap_callback(trainer, script_args, dataset)
     return trainer
