@@ -275,3 +275,18 @@ def test_unsupported_models_are_clear_errors(vlm):
     with enable_vrga(model), pytest.raises(ValueError, match="use_cache=True"):
         model(input_ids=ids, use_cache=False)
     assert model.config.text_config._attn_implementation == "sdpa"  # the with block restored everything
+
+
+def test_readme_snippet_runs(vlm):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## VRGA.*?```python\n(.*?)```", readme, re.DOTALL).group(1)
+    model, processor = vlm
+    inputs, _, _ = _batch(processor)
+    attn = torch.softmax(torch.randn(2, 3, 10), -1)
+    namespace = {"model": model, "inputs": inputs, "attn": attn, "image_mask": torch.arange(10) < 4}
+    exec(compile(code.replace("max_new_tokens=128", "max_new_tokens=3"), "README.md", "exec"), namespace)
+    assert namespace["d"].focus[0].shape == (4, 4) and namespace["r_img"].shape == (2, 3)
+    assert namespace["out"].shape[1] == inputs["input_ids"].shape[1] + 3

@@ -85,3 +85,14 @@ def test_eval_script_prints_both_accuracies(tiny_dir, data, capsys):
     bad.write_text('{"image": "0.png", "question": "q"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1: missing field"):
         module.read_jsonl(bad)
+
+
+def test_benchmark_smoke(capsys):
+    spec = importlib.util.spec_from_file_location("vrga_generation", EXAMPLES.parent / "benchmarks/vrga_generation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--batch", "2", "--new_tokens", "3", "--layers", "2", "--hidden", "64", "--mlp", "128", "--heads", "4",
+                 "--kv_heads", "2", "--image_size", "112", "--repeats", "1", "--device", "cpu"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert all(f"\n{mode} " in out for mode in ("plain", "vrga", "explicit", "eager"))
+    assert "same tokens as vrga: {'explicit': True, 'eager': True}" in out
