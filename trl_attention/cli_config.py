@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from collections.abc import Callable
 
 import yaml
 from trl import TrlParser
 
-__all__ = ["ConfigError", "add_training_command", "parse_config"]
+__all__ = ["ConfigError", "add_training_command", "parse_config", "run_training"]
 
 
 class ConfigError(ValueError):
@@ -85,16 +84,29 @@ def parse_config(dataclass_types, argv: list[str], prog: str, defaults: dict | N
     return tuple(parsed)
 
 
-def add_training_command(commands, name: str, help: str, run: Callable[[list[str]], int]):
-    """Register `name` so that everything after it reaches `run(argv)` untouched (TrlParser does the parsing,
-    including `--help`); returns the `handler(args) -> int` that `cli.build_parser` expects."""
+def run_training(argv: list[str], parse, build) -> int:
+    """Parse (`parse(argv)` -> script, training, model args), build the trainer, train, save, say where."""
+    script_args, training_args, model_args = parse(argv)
+    try:
+        trainer = build(script_args, training_args, model_args)
+    except ValueError as error:  # bad reward names, dataset columns, boxes, tokenizers: the message names the culprit
+        raise ConfigError(str(error)) from error
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Trained {trainer.state.global_step} steps; model saved to {training_args.output_dir}")
+    return 0
+
+
+def add_training_command(commands, name: str, help: str, parse, build):
+    """Register `name` so that everything after it reaches `run_training(argv, parse, build)` untouched (TrlParser
+    does the parsing, including `--help`); returns the `handler(args) -> int` that `cli.build_parser` expects."""
     # A prefix character no option uses: argparse then treats `--config x.yaml ...` as the REMAINDER positional.
     sub = commands.add_parser(name, help=help, add_help=False, prefix_chars="\x00")
     sub.add_argument("argv", nargs=argparse.REMAINDER)
 
     def handler(args: argparse.Namespace) -> int:
         try:
-            return run(list(args.argv))
+            return run_training(list(args.argv), parse, build)
         except ConfigError as error:
             print(f"trl-attention {name}: error: {error}", file=sys.stderr)
             return 2

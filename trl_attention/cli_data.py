@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from .cli_config import ConfigError
 from .recipes import PROMPT_FORMATS, freeze_vision_tower, load_model_and_processor, prepare_dataset, synthetic_vqa
 
-__all__ = ["DataArguments", "add_heatmap_callback", "load_model_and_data", "run_training"]
+__all__ = ["DataArguments", "add_heatmap_callback", "load_model_and_data"]
 
 
 @dataclass
@@ -90,16 +90,3 @@ def add_heatmap_callback(trainer, data_args: DataArguments, dataset) -> None:
 
         examples = dataset.select(range(min(2, len(dataset))))
         trainer.add_callback(AttentionHeatmapCallback(trainer, examples, every_n_steps=data_args.heatmap_every))
-
-
-def run_training(argv: list[str], parse, build) -> int:
-    """Parse (`parse(argv)` -> script, training, model args), build the trainer, train, save, say where."""
-    script_args, training_args, model_args = parse(argv)
-    try:
-        trainer = build(script_args, training_args, model_args)
-    except ValueError as error:  # bad reward names, dataset columns, boxes, tokenizers: the message names the culprit
-        raise ConfigError(str(error)) from error
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Trained {trainer.state.global_step} steps; model saved to {training_args.output_dir}")
-    return 0

@@ -12,13 +12,12 @@ formatted answer as the completion (used by GKD's off-policy part, `lmbda < 1`).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from trl import ModelConfig, get_peft_config
 
 from .cli_config import ConfigError, add_training_command, parse_config
-from .cli_data import DataArguments, add_heatmap_callback, load_model_and_data, run_training
+from .cli_data import DataArguments, add_heatmap_callback, load_model_and_data
 from .gkd import AttentionGKDConfig, AttentionGKDTrainer
 
 __all__ = ["GKDScriptArguments", "TINY_TEACHER", "build_gkd_trainer", "parse_args", "register"]
@@ -26,6 +25,8 @@ __all__ = ["GKDScriptArguments", "TINY_TEACHER", "build_gkd_trainer", "parse_arg
 # --tiny: a teacher of another depth, width and head count than the tiny student, same tokenizer (32B -> 7B).
 TINY_TEACHER = {"num_hidden_layers": 6, "hidden_size": 96, "intermediate_size": 192, "num_attention_heads": 6,
                 "num_key_value_heads": 3}  # fmt: skip
+
+HELP = "On-policy attention distillation (AttentionGKDTrainer) from a YAML config + overrides."
 
 
 @dataclass
@@ -71,9 +72,4 @@ def build_gkd_trainer(script_args, training_args, model_args):
 
 def register(commands):
     """The `gkd` subcommand."""
-    return add_training_command(
-        commands,
-        "gkd",
-        "On-policy attention distillation (AttentionGKDTrainer) from a YAML config + overrides.",
-        functools.partial(run_training, parse=parse_args, build=build_gkd_trainer),
-    )
+    return add_training_command(commands, "gkd", HELP, parse_args, build_gkd_trainer)

@@ -9,17 +9,18 @@ plus `attn_coef`, `attn_layer`, ...) and TRL's `ModelConfig` (model name, dtype,
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 from trl import ModelConfig, get_peft_config
 
 from .cli_config import add_training_command, parse_config
-from .cli_data import DataArguments, add_heatmap_callback, load_model_and_data, run_training
+from .cli_data import DataArguments, add_heatmap_callback, load_model_and_data
 from .ral import AttentionGRPOConfig, AttentionGRPOTrainer
 from .recipes import REWARDS, resolve_rewards
 
 __all__ = ["GRPOScriptArguments", "build_grpo_trainer", "parse_args", "register"]
+
+HELP = "RAL / SAYO GRPO training (AttentionGRPOTrainer) from a YAML config + overrides."
 
 
 @dataclass
@@ -58,9 +59,4 @@ def build_grpo_trainer(script_args, training_args, model_args):
 
 def register(commands):
     """The `grpo` subcommand."""
-    return add_training_command(
-        commands,
-        "grpo",
-        "RAL / SAYO GRPO training (AttentionGRPOTrainer) from a YAML config + overrides.",
-        functools.partial(run_training, parse=parse_args, build=build_grpo_trainer),
-    )
+    return add_training_command(commands, "grpo", HELP, parse_args, build_grpo_trainer)
