@@ -169,3 +169,26 @@ def test_callback_logs_to_wandb_and_the_completions_table(tmp_path, monkeypatch)
     assert all(len(row) in (1, 2) for table in tables for row in table["image"])
     overlays = [row[1].image for row in tables[1]["image"] if len(row) == 2]
     assert [np.asarray(o).tolist() for o in overlays] == [np.asarray(i.image).tolist() for i in images]
+
+
+def test_readme_heatmap_snippet_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## Attention heatmaps in TensorBoard and W&B\n\n```python\n(.*?)```", readme, re.DOTALL).group(
+        1
+    )
+    model, processor = build_tiny_vlm(seed=0)
+    example = make_grounding_dataset(1, seed=4)[0]
+    added = []
+    trainer = types.SimpleNamespace(
+        args=types.SimpleNamespace(), processing_class=processor, add_callback=added.append
+    )
+    namespace = {"model": model, "processor": processor, "prompt": example["prompt"], "image": example["image"],
+                 "trainer": trainer, **dict(zip(("x0", "y0", "x1", "y1"), example["box"]))}  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert isinstance(added[0], AttentionHeatmapCallback) and added[0].layer == -1
+    n = len(processor.tokenizer("a red square", add_special_tokens=False)["input_ids"])
+    assert namespace["att"].grids.shape == (n, 4, 4) and (tmp_path / "heat.png").is_file()
