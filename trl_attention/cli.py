@@ -23,7 +23,7 @@ from .demo import DemoConfig, run_demo
 __all__ = ["SUBCOMMANDS", "add_dataclass_arguments", "build_parser", "main"]
 
 # Modules (relative to this package) that register a subcommand, in the order `--help` lists them.
-SUBCOMMANDS = ["cli", "cli_grpo", "cli_gkd", "cli_env", "vrga.cli"]
+SUBCOMMANDS = ["cli", "cli_grpo", "cli_gkd", "cli_env", "vrga.cli", "distributed"]
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:

@@ -1,0 +1,187 @@
+"""Shipped DeepSpeed/accelerate configs, freezing the vision tower, and the distributed pre-flight checks."""
+
+import json
+import subprocess
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import length_reward, trainer_args
+
+from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
+from trl_attention.cli import main as cli_main
+from trl_attention.distributed import (
+    check_batch_sizes,
+    check_teacher_fits,
+    check_zero3_capture_ready,
+    config_path,
+    deepspeed_config,
+    freeze_vision_tower,
+    list_configs,
+)
+from trl_attention.tiny import build_tiny_lm, build_tiny_vlm, make_grounding_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = {"zero2": 2, "zero3": 3, "zero3_offload": 3}
+
+
+def test_configs_are_listed_and_printed(capsys):
+    names = set(list_configs())
+    assert {f"deepspeed/{n}.json" for n in STAGES} | {f"accelerate/{n}.yaml" for n in STAGES} <= names
+    assert "accelerate/zero3_multinode.yaml" in names
+    assert cli_main(["configs"]) == 0
+    out = capsys.readouterr().out
+    assert all(Path(line.split()[1]).is_file() for line in out.strip().splitlines()) and len(out.splitlines()) == 7
+    assert cli_main(["configs", "--path", "zero3"]) == 0
+    assert capsys.readouterr().out.strip() == config_path("deepspeed/zero3.json")
+    assert cli_main(["configs", "--path", "zero4"]) == 2 and "no shipped config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_deepspeed_json_loads_through_hf_and_deepspeed_parsers(name, tmp_path):
+    """HF fills every "auto" from TrainingArguments and the model; DeepSpeed's own parser accepts the result."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
+
+    raw = deepspeed_config(name)
+    assert raw["zero_optimization"]["stage"] == STAGES[name] and raw["bf16"]["enabled"] == "auto"
+    args = trainer_args(AttentionGRPOConfig, tmp_path, bf16=True, max_grad_norm=0.5, gradient_accumulation_steps=2)
+    model, _ = build_tiny_vlm()
+    try:  # the HF config registers itself globally (ZeRO-3 would partition every model built meanwhile)
+        hf = HfTrainerDeepSpeedConfig(config_path(name))
+        hf.trainer_config_process(args)
+        hf.trainer_config_finalize(args, model, num_training_steps=10)
+        filled = hf.config
+    finally:
+        unset_hf_deepspeed_config()
+    assert "auto" not in json.dumps(filled)
+    assert filled["bf16"]["enabled"] is True and filled["gradient_clipping"] == 0.5
+    assert filled["zero_optimization"]["reduce_bucket_size"] == model.config.text_config.hidden_size**2
+    parsed = DeepSpeedConfig(filled)
+    assert parsed.zero_optimization_stage == STAGES[name] and parsed.bfloat16_config.enabled
+    assert parsed.train_batch_size == 4 * 2 and parsed.gradient_clipping == 0.5
+    assert parsed.zero_config.offload_optimizer is not None if "offload" in name else True
+
+
+@pytest.mark.parametrize("name", [*STAGES, "zero3_multinode"])
+def test_accelerate_yaml_loads_and_matches_its_json(name, monkeypatch):
+    pytest.importorskip("deepspeed")
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin
+
+    config = load_config_from_file(config_path(f"accelerate/{name}.yaml"))
+    assert config.distributed_type == "DEEPSPEED" and config.mixed_precision == "bf16" and not config.use_cpu
+    assert (config.num_machines, config.num_processes) == ((2, 16) if name == "zero3_multinode" else (1, 8))
+    ds = config.deepspeed_config
+    reference = deepspeed_config(name.replace("_multinode", ""))["zero_optimization"]
+    assert ds["zero_stage"] == reference["stage"]
+    offload = "cpu" if "offload_param" in reference else "none"
+    assert ds["offload_param_device"] == ds["offload_optimizer_device"] == offload
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    plugin = DeepSpeedPlugin(
+        zero_stage=ds["zero_stage"], offload_param_device=ds["offload_param_device"],
+        offload_optimizer_device=ds["offload_optimizer_device"], gradient_clipping=ds["gradient_clipping"],
+        zero3_init_flag=ds["zero3_init_flag"], zero3_save_16bit_model=ds["zero3_save_16bit_model"],
+    )  # fmt: skip
+    assert plugin.deepspeed_config["zero_optimization"]["stage"] == reference["stage"]
+
+
+def test_installed_wheel_contains_the_configs(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)  # fmt: skip
+    (wheel,) = tmp_path.glob("trl_attention-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"trl_attention/configs/{name}" for name in list_configs()} <= names
+
+
+# -- freezing ----------------------------------------------------------------------------------------------------
+def test_freeze_vision_tower_counts_and_freezes_exactly_the_tower_and_merger():
+    model, _ = build_tiny_vlm()
+    visual = model.model.visual
+    expected = sum(p.numel() for p in visual.parameters())  # Qwen2.5-VL: the merger (projector) is visual.merger
+    assert any("merger" in n for n, _ in visual.named_parameters())
+    assert freeze_vision_tower(model) == expected
+    assert all(not p.requires_grad for p in visual.parameters())
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("model.visual."))
+    assert freeze_vision_tower(model) == 0  # already frozen
+
+
+def test_freeze_vision_tower_finds_a_separate_projector():
+    from torch import nn
+
+    class Llava(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_tower, self.multi_modal_projector = nn.Linear(3, 4), nn.Linear(4, 5, bias=False)
+            self.language_model = nn.Linear(5, 5)
+
+    assert freeze_vision_tower(Llava()) == 3 * 4 + 4 + 4 * 5
+
+
+def test_freeze_vision_tower_without_one_is_a_clear_error():
+    model, _ = build_tiny_lm()
+    with pytest.raises(ValueError, match="Qwen2ForCausalLM has no vision tower"):
+        freeze_vision_tower(model)
+
+
+def test_frozen_tower_is_left_out_of_the_optimizer_and_unchanged_by_training(tmp_path):
+    model, processor = build_tiny_vlm()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    frozen = freeze_vision_tower(model)
+    args = trainer_args(AttentionGRPOConfig, tmp_path, max_steps=1, num_iterations=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = AttentionGRPOTrainer(model=model, reward_funcs=length_reward, args=args, processing_class=processor,
+                                       train_dataset=make_grounding_dataset(8))  # fmt: skip
+        trainer.train()
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert optimized == {id(p) for p in trainable}
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in trainable) == frozen
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and not any(n.startswith("model.visual.") for n in changed)
+
+
+# -- checks ------------------------------------------------------------------------------------------------------
+def _args(**kw):
+    values = dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, num_generations=8,
+                  steps_per_generation=1, deepspeed=None)  # fmt: skip
+    return SimpleNamespace(**{**values, **kw})
+
+
+def test_batch_check_names_world_size_and_valid_batch_sizes():
+    check_batch_sizes(_args(), world_size=8)  # 8 GPUs x 8 rollouts of one prompt each
+    check_batch_sizes(_args(per_device_train_batch_size=1), world_size=8)  # one group spread over 8 GPUs
+    with pytest.raises(
+        ValueError,
+        match=r"num_generations=8 does not divide .* = 12.*use per_device_train_batch_size in \[2, 4, 6, 8\]",
+    ):
+        check_batch_sizes(_args(per_device_train_batch_size=3), world_size=4)
+    check_batch_sizes(_args(per_device_train_batch_size=3, steps_per_generation=8), world_size=1)
+
+
+def test_batch_check_rejects_hard_coded_deepspeed_batch_for_another_world_size():
+    config = {**deepspeed_config("zero3"), "train_batch_size": 64, "train_micro_batch_size_per_gpu": 8}
+    check_batch_sizes(_args(deepspeed=config), world_size=8)
+    with pytest.raises(ValueError, match=r"train_batch_size=64 \(this launch: 8\).*\"auto\""):
+        check_batch_sizes(_args(deepspeed=config), world_size=1)
+
+
+def test_teacher_fit_check_uses_sharding_and_reports_sizes():
+    teacher, _ = build_tiny_lm()
+    n = sum(p.numel() for p in teacher.parameters())
+    assert check_teacher_fits(teacher, world_size=8, zero_stage=3, device_memory=n * 4) == n * 4 // 8
+    with pytest.raises(ValueError, match=r"replicated on each of 8 GPUs under ZeRO stage 2.*sharded"):
+        check_teacher_fits(teacher, world_size=8, zero_stage=2, device_memory=n * 4, reserved=1)
+    with pytest.raises(ValueError, match="sharded over 8 GPUs under ZeRO stage 3"):
+        check_teacher_fits(teacher, world_size=8, zero_stage=3, device_memory=n * 4 // 8 - 1)
+
+
+def test_zero3_check_passes_unpartitioned_models():
+    model, _ = build_tiny_vlm()
+    check_zero3_capture_ready(model)  # the partitioned cases run under ZeRO-3 in test_distributed_multiprocess.py
