@@ -101,9 +101,8 @@ def run(output_dir, model_dir: str, mode: str, world_size: int = 1, rank: int = 
     return steps
 
 
-def main(out: str, model_dir: str, *modes: str) -> None:
+def _cpu_deepspeed() -> None:
     import deepspeed.comm.torch
-    from accelerate.state import AcceleratorState, PartialState
 
     # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (C++, 1-2 min per fresh environment) that
     # only speeds up its inference all-reduce; every collective under test goes through torch.distributed/gloo.
@@ -111,6 +110,12 @@ def main(out: str, model_dir: str, *modes: str) -> None:
     # ZeRO-3 partitions at from_pretrained (zero.Init), which sizes the world from deepspeed.comm: initialise it
     # now, as accelerate does when the first state it builds is a DeepSpeed one (here a DDP run may come first).
     deepspeed.init_distributed(dist_backend="gloo")
+
+
+def main(out: str, model_dir: str, *modes: str) -> None:
+    from accelerate.state import AcceleratorState, PartialState
+
+    _cpu_deepspeed()
 
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     results = {}
@@ -123,6 +128,35 @@ def main(out: str, model_dir: str, *modes: str) -> None:
     PartialState().wait_for_everyone()
 
 
+def example(out: str, name: str, *argv: str) -> None:
+    """Run examples/NAME.py's `main(argv)` (what the launchers start); rank 0 writes how it was distributed."""
+    import importlib.util
+
+    _cpu_deepspeed()
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = module.main(list(argv))
+    teacher = getattr(trainer, "teacher_model", None) or getattr(trainer, "ref_model", None)
+    result = {
+        "engine": type(trainer.model_wrapped).__name__,
+        "stage": trainer.accelerator.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None,
+        "teacher_engine": type(teacher).__name__,
+        "teacher_stage": teacher.zero_optimization_stage() if hasattr(teacher, "zero_optimization_stage") else None,
+        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+    }
+    if trainer.accelerator.is_main_process:
+        with open(out, "w") as f:
+            json.dump(result, f)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    main(*sys.argv[1:])
+    if sys.argv[1] == "example":
+        example(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])

@@ -185,3 +185,25 @@ def test_teacher_fit_check_uses_sharding_and_reports_sizes():
 def test_zero3_check_passes_unpartitioned_models():
     model, _ = build_tiny_vlm()
     check_zero3_capture_ready(model)  # the partitioned cases run under ZeRO-3 in test_distributed_multiprocess.py
+
+
+def test_tiny_models_build_whole_while_a_zero3_config_is_alive():
+    """TrainingArguments(deepspeed=zero3) registers a global config that makes transformers partition models at
+    construction; the tiny builders (used by the examples' --tiny) must still return whole, identical models."""
+    pytest.importorskip("deepspeed")
+    from transformers.integrations.deepspeed import (
+        HfDeepSpeedConfig,
+        is_deepspeed_zero3_enabled,
+        unset_hf_deepspeed_config,
+    )
+
+    reference, _ = build_tiny_vlm(seed=3)
+    alive = HfDeepSpeedConfig(deepspeed_config("zero3"))
+    try:
+        assert is_deepspeed_zero3_enabled()
+        model, _ = build_tiny_vlm(seed=3)
+        assert is_deepspeed_zero3_enabled() and alive.is_zero3()  # restored afterwards
+    finally:
+        unset_hf_deepspeed_config()
+    for (name, a), (_, b) in zip(reference.named_parameters(), model.named_parameters()):
+        assert not hasattr(b, "ds_id") and torch.equal(a, b), name

@@ -10,6 +10,7 @@ step-2 loss, kl and attention/jsd by more than 10 times the tolerance (loss and 
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import torch
 from distributed_worker import KEYS, run
 
+from trl_attention.distributed import CONFIG_DIR, config_path
 from trl_attention.tiny import save_tiny_vlm
 
 pytest.importorskip("deepspeed")
@@ -40,11 +42,7 @@ def reference(model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_processes(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("two_processes") / "results.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parent))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(WORKER), str(out), model_dir, *MODES]  # fmt: skip
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    _torchrun(str(out), model_dir, *MODES)
     return json.loads(out.read_text())
 
 
@@ -84,3 +82,52 @@ def test_tolerance_catches_a_gradient_scale_error(reference, model_dir, tmp_path
     for key in ("loss", "kl", "attention/jsd"):
         gap = abs(doubled[1][key] - reference[1][key])
         assert gap > 10 * (TOL["atol"] + TOL["rtol"] * abs(reference[1][key])), key
+
+
+def _torchrun(*args, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parent))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]
+    proc = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def test_distillation_example_shards_student_and_teacher_under_zero3(tmp_path):
+    """examples/attention_distill.py with the flags examples/launch.sh passes (--deepspeed zero3), on 2 processes."""
+    out = tmp_path / "result.json"
+    _torchrun("example", str(out), "attention_distill", "--tiny", "--deepspeed", config_path("zero3"),
+              "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--per_device_train_batch_size", "1",
+              "--gradient_accumulation_steps", "1", "--max_new_tokens", "8", "--use_cpu", "true", "--bf16", "false",
+              "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1")  # fmt: skip
+    result = json.loads(out.read_text())
+    assert (result["engine"], result["stage"]) == ("DeepSpeedEngine", 3)
+    assert (result["teacher_engine"], result["teacher_stage"]) == ("DeepSpeedEngine", 3)  # sharded, not replicated
+    assert len(result["losses"]) == 1 and result["losses"][0] > 0
+    assert (tmp_path / "out" / "model.safetensors").exists()  # ZeRO-3 gathers the 16-bit weights to save
+
+
+@pytest.mark.parametrize("launcher", ["accelerate", "deepspeed", "torchrun"])
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_launcher_commands_point_at_shipped_configs(launcher, nodes):
+    """`examples/launch.sh` (DRY_RUN) builds each launcher's command from `trl-attention configs` paths."""
+    env = dict(os.environ, DRY_RUN="1", LAUNCHER=launcher, NNODES=str(nodes), NODE_RANK="1")
+    if (launcher, nodes) == ("accelerate", 1):  # through the installed CLI once (slow to import), else its directory
+        env["TRL_ATTENTION"] = str(Path(sys.executable).with_name("trl-attention"))
+    else:
+        env["TRL_ATTENTION_CONFIGS"] = str(CONFIG_DIR)
+    root = WORKER.parents[1]
+    recipe, script = (
+        ("ral", "ral_grpo.py") if (launcher == "deepspeed") == (nodes == 1) else ("distill", "attention_distill.py")
+    )
+    out = subprocess.run(["bash", str(root / "examples" / "launch.sh"), recipe, "--max_steps", "3"], env=env,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    words = shlex.split(out)
+    assert words[0] == launcher and f"examples/{script}" in words
+    assert words[words.index("--deepspeed") + 1] == config_path("zero3") and words[-2:] == ["--max_steps", "3"]
+    processes = {"accelerate": "--num_processes", "deepspeed": "--num_gpus", "torchrun": "--nproc_per_node"}
+    assert int(words[words.index(processes[launcher]) + 1]) == (8 * nodes if launcher == "accelerate" else 8)
+    if launcher == "accelerate":
+        yaml = words[words.index("--config_file") + 1]
+        assert yaml == config_path("accelerate/zero3_multinode.yaml" if nodes == 2 else "accelerate/zero3.yaml")
+    if nodes == 2:
+        rank_flag = {"accelerate": "--machine_rank", "deepspeed": "--node_rank", "torchrun": "--node_rank"}[launcher]
+        assert words[words.index(rank_flag) + 1] == "1"

@@ -201,10 +201,19 @@ def _text_kwargs(tokenizer, overrides: dict) -> dict:
 
 
 def _seeded_init(model_cls, config, seed: int):
-    """Initialise under a private RNG state: same seed -> same weights, caller's RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_cls(config)
+    """Initialise under a private RNG state: same seed -> same weights, caller's RNG untouched.
+
+    Built whole even when a ZeRO-3 TrainingArguments is alive (transformers would partition every submodule at
+    construction, and its weight init then indexes empty tensors); the DeepSpeed engine partitions it later."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    zero3, hf_deepspeed._hf_deepspeed_config_weak_ref = hf_deepspeed._hf_deepspeed_config_weak_ref, None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = model_cls(config)
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = zero3
     model = model.to(torch.float32).eval()
     gen = model.generation_config
     gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = None, config.eos_token_id, config.pad_token_id
