@@ -277,3 +277,10 @@ def test_distillation_overhead_benchmark_runs():
     result = bench.main(["--repeats", "1", "--completion", "2", "--batch", "2"])
     assert result["gkd"] > 0 and result["gkd+attention"] > 0
     assert result["ratio"] == pytest.approx(result["gkd+attention"] / result["gkd"])
+
+
+def test_freeze_vision_tower_option(tmp_path):
+    trainer = _vlm_trainer(tmp_path, freeze_vision_tower=True)
+    visual = [p for n, p in trainer.model.named_parameters() if n.startswith("model.visual.")]
+    assert visual and not any(p.requires_grad for p in visual)
+    assert all(p.requires_grad for n, p in trainer.model.named_parameters() if "language_model" in n)

@@ -123,3 +123,20 @@ def test_teacher_term_adds_no_student_forward(tmp_path, text_dataset):
         for handle in handles:
             handle.remove()
     assert calls == {"student": 1, "teacher": 1}
+
+
+def test_freeze_vision_tower_option_trains_only_the_language_model(tmp_path):
+    model, processor = build_tiny_vlm(seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = trainer_args(AttentionGRPOConfig, tmp_path, max_steps=1, num_iterations=2, freeze_vision_tower=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = AttentionGRPOTrainer(model=model, reward_funcs=length_reward, args=args, processing_class=processor,
+                                       train_dataset=make_grounding_dataset(8))  # fmt: skip
+        trainer.train()
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    visual = [(n, p) for n, p in trainer.model.named_parameters() if n.startswith("model.visual.")]
+    assert any("merger" in n for n, _ in visual)  # the projector is part of it
+    for name, param in visual:
+        assert not param.requires_grad and id(param) not in optimised and torch.equal(param, before[name]), name
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if "language_model" in n)

@@ -26,6 +26,7 @@ with warnings.catch_warnings():  # TRL warns that experimental APIs may change: 
 
 from .capture import AttentionCapture, capture_attention, unwrap_model
 from .distill import attention_distill_per_token, check_same_tokenization, extra_forward_kwargs, load_teacher
+from .distributed import freeze_vision_tower
 from .vision_collator import VisionDistillationCollator, is_processor, validate_distillation_dataset
 
 __all__ = ["AttentionGKDConfig", "AttentionGKDTrainer", "completion_rows"]
@@ -52,6 +53,8 @@ class AttentionGKDConfig(GKDConfig):
             Student decoder layer whose head-averaged attention is distilled (-1 = last).
         teacher_attn_layer (`int`, *optional*, defaults to `-1`):
             Teacher decoder layer providing the target attention (-1 = last).
+        freeze_vision_tower (`bool`, *optional*, defaults to `False`):
+            Freeze the student's vision encoder and projector before the optimizer is built.
     """
 
     attn_distill_coef: float = field(
@@ -64,6 +67,10 @@ class AttentionGKDConfig(GKDConfig):
     attn_layer: int = field(default=-1, metadata={"help": "Student decoder layer whose attention is distilled."})
     teacher_attn_layer: int = field(
         default=-1, metadata={"help": "Teacher decoder layer whose attention is the target (-1 = last)."}
+    )
+    freeze_vision_tower: bool = field(
+        default=False,
+        metadata={"help": "Freeze the student's vision encoder and projector before the optimizer is built."},
     )
 
 
@@ -122,6 +129,8 @@ class AttentionGKDTrainer(GKDTrainer):
         finally:
             if lend:
                 del processing_class.pad_token_id
+        if getattr(self.args, "freeze_vision_tower", False):  # the optimizer is built later, in train()
+            freeze_vision_tower(self.model)
         self.attn_distill_coef = float(getattr(self.args, "attn_distill_coef", AttentionGKDConfig.attn_distill_coef))
         self.gkd_coef = float(getattr(self.args, "gkd_coef", AttentionGKDConfig.gkd_coef))
         self.attn_layer = int(getattr(self.args, "attn_layer", -1))

@@ -34,6 +34,7 @@ from .distill import (
     prepare_teacher,
     token_generalized_jsd,
 )
+from .distributed import freeze_vision_tower
 from .losses import attention_entropy, attention_policy, jsd
 from .scoring import ScoringCaptureMixin
 
@@ -71,6 +72,8 @@ class AttentionGRPOConfig(GRPOConfig):
             Teacher decoder layer providing the target attention.
         teacher_model_init_kwargs (`dict`, *optional*):
             Keyword arguments for loading `teacher_model` when it is given as a path or hub id.
+        freeze_vision_tower (`bool`, *optional*, defaults to `False`):
+            Freeze the vision encoder and projector before the optimizer is built (RAL trains only the LM).
     """
 
     attn_coef: float = field(
@@ -98,6 +101,12 @@ class AttentionGRPOConfig(GRPOConfig):
     teacher_model_init_kwargs: dict | None = field(
         default=None, metadata={"help": "from_pretrained kwargs for a teacher_model given as a path or hub id."}
     )
+    freeze_vision_tower: bool = field(
+        default=False,
+        metadata={
+            "help": "Freeze the vision encoder and projector before the optimizer is built (train the LM only)."
+        },
+    )
 
 
 class AttentionGRPOTrainer(ScoringCaptureMixin, GRPOTrainer):
@@ -107,6 +116,8 @@ class AttentionGRPOTrainer(ScoringCaptureMixin, GRPOTrainer):
 
     def __init__(self, *args, teacher_model=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if getattr(self.args, "freeze_vision_tower", False):  # the optimizer is built later, in train()
+            freeze_vision_tower(self.model)
         self.attn_coef = float(getattr(self.args, "attn_coef", AttentionGRPOConfig.attn_coef))
         self.attn_layer = int(getattr(self.args, "attn_layer", AttentionGRPOConfig.attn_layer))
         self._init_teacher(teacher_model)
