@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,21 @@ def test_gkd_errors(capsys):
     assert "trl-attention gkd: error: teacher_model_name_or_path is required" in capsys.readouterr().err
     assert cli.main(["gkd", "--tiny", "--attn_distil_coef", "1"]) == 2
     assert "unrecognized arguments: attn_distil_coef (did you mean 'attn_distill_coef'?)" in capsys.readouterr().err
+
+
+def test_grpo_under_accelerate_launch_with_two_processes(tmp_path):
+    """The documented launcher: two CPU processes (DDP over gloo), heatmaps computed on both, written by rank 0."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    launcher = Path(sys.executable).with_name("accelerate")
+    command = [str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+               "no", "--dynamo_backend", "no", "-m", "trl_attention", "grpo", "--config", str(TINY_YAML),
+               "--max_steps", "2", "--output_dir", str(tmp_path), "--disable_tqdm", "true", "--heatmap_every", "2",
+               "--report_to", "tensorboard"]  # fmt: skip
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Trained 2 steps") == 1  # accelerator.print: the main process only
+    (event_file,) = (tmp_path / "runs").rglob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file), size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("attention_heatmap/1")] == [2]
