@@ -192,3 +192,18 @@ def test_readme_heatmap_snippet_runs(tmp_path, monkeypatch):
     assert isinstance(added[0], AttentionHeatmapCallback) and added[0].layer == -1
     n = len(processor.tokenizer("a red square", add_special_tokens=False)["input_ids"])
     assert namespace["att"].grids.shape == (n, 4, 4) and (tmp_path / "heat.png").is_file()
+
+
+def test_capture_image_attention_needs_a_qwen_style_processor():
+    model, processor = build_tiny_vlm(seed=0)
+    example = make_grounding_dataset(1)[0]
+
+    class GridlessProcessor:  # a LLaVA-style processor returns no image_grid_thw
+        tokenizer = processor.tokenizer
+        apply_chat_template = processor.apply_chat_template
+
+        def __call__(self, **kwargs):
+            return {k: v for k, v in processor(**kwargs).items() if k != "image_grid_thw"}
+
+    with pytest.raises(ValueError, match="needs a Qwen2/2.5/3-VL-style processor"):
+        capture_image_attention(model, GridlessProcessor(), example["prompt"], example["image"])

@@ -212,6 +212,8 @@ def capture_image_attention(model, processor, prompt, image, completion: str | N
     images = [im.convert("RGB") for im in images]
     text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     inputs = dict(processor(text=[text], images=images, return_tensors="pt"))
+    if "image_grid_thw" not in inputs:
+        raise ValueError("capture_image_attention needs a Qwen2/2.5/3-VL-style processor (it reads image_grid_thw)")
     prompt_length = inputs["input_ids"].shape[1]
     tokenizer = getattr(processor, "tokenizer", processor)
     ids = tokenizer(completion, add_special_tokens=False)["input_ids"] if completion else []
