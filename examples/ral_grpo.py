@@ -26,7 +26,7 @@ RECIPE = {
     "model_name_or_path": "Qwen/Qwen2.5-VL-7B-Instruct", "dtype": "bfloat16", "bf16": True,
     "dataset_name": "lmms-lab/multimodal-open-r1-8k-verified",  # image, problem, solution
     "prompt_format": "reasoning", "rewards": ["accuracy", "format"], "reward_weights": [0.9, 0.1],
-    "freeze_vision": True, "attn_coef": 1.0, "num_iterations": 2, "num_generations": 8,
+    "freeze_vision_tower": True, "attn_coef": 1.0, "num_iterations": 2, "num_generations": 8,
     "per_device_train_batch_size": 8, "temperature": 0.9, "learning_rate": 1e-5, "beta": 0.04,
     "max_completion_length": 768, "gradient_checkpointing": True, "logging_steps": 1, "log_completions": True,
     "heatmap_every": 50, "report_to": ["tensorboard"], "save_steps": 200,

@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from .cli_config import ConfigError
-from .recipes import PROMPT_FORMATS, freeze_vision_tower, load_model_and_processor, prepare_dataset, synthetic_vqa
+from .recipes import PROMPT_FORMATS, load_model_and_processor, prepare_dataset, synthetic_vqa
 
 __all__ = ["DataArguments", "add_heatmap_callback", "load_model_and_data"]
 
@@ -42,9 +42,6 @@ class DataArguments:
         metadata={"help": f"Instruction appended to each question, one of {sorted(PROMPT_FORMATS)}: 'reasoning' "
                   "(<think> then <answer>, RAL), 'answer' (<answer> only, RAL-zero), 'none'."},
     )  # fmt: skip
-    freeze_vision: bool = field(
-        default=False, metadata={"help": "Freeze the vision encoder and projector (RAL trains only the LM)."}
-    )
     heatmap_every: int = field(
         default=0, metadata={"help": "Log attention heatmaps every N steps to the report_to backends (0: off)."}
     )
@@ -76,8 +73,6 @@ def load_model_and_data(data_args: DataArguments, model_args, seed: int):
         raw = load_dataset(data_args.dataset_name, data_args.dataset_config, split=data_args.dataset_train_split)
         if data_args.num_samples is not None:
             raw = raw.select(range(min(data_args.num_samples, len(raw))))
-    if data_args.freeze_vision:
-        freeze_vision_tower(model)
     columns = (data_args.question_column, data_args.answer_column, data_args.image_column)
     dataset = prepare_dataset(raw, data_args.prompt_format, *((None,) * 3 if data_args.tiny else columns))
     return model, processor, dataset

@@ -17,7 +17,7 @@ from .rewards import format_reward as sayo_format_reward
 from .tiny import make_grounding_dataset
 
 __all__ = [
-    "PROMPT_FORMATS", "REWARDS", "answer_format_reward", "freeze_vision_tower", "load_model_and_processor", "prepare_dataset",
+    "PROMPT_FORMATS", "REWARDS", "answer_format_reward", "load_model_and_processor", "prepare_dataset",
     "reasoning_format_reward", "resolve_rewards", "synthetic_vqa",
 ]  # fmt: skip
 
@@ -140,16 +140,3 @@ def load_model_and_processor(name: str, dtype: str | None = None, attn_implement
     except ValueError:  # not an image-text-to-text architecture
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
         return model, AutoTokenizer.from_pretrained(name, padding_side="left", revision=revision)
-
-
-def freeze_vision_tower(model) -> int:
-    """Freeze the vision encoder and projector (RAL's setup trains only the language model); returns how many
-    parameter tensors were frozen. Raises when the model has none (a text-only model)."""
-    frozen = 0
-    for name, parameter in model.named_parameters():
-        if any(part in name.split(".") for part in ("visual", "vision_tower", "multi_modal_projector")):
-            parameter.requires_grad_(False)
-            frozen += 1
-    if not frozen:
-        raise ValueError("freeze_vision: the model has no visual / vision_tower / multi_modal_projector parameters")
-    return frozen
