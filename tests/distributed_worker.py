@@ -32,6 +32,8 @@ KEYS = (
     "attention/jsd",
     "attention/entropy",
     "attention/image_mass",
+    "distill/gkd_jsd",
+    "attention/distill_jsd",
 )
 
 
@@ -63,19 +65,28 @@ def _row_seeded_generate(model, rank: int):
 
 
 def run(output_dir, model_dir: str, mode: str, world_size: int = 1, rank: int = 0, **overrides) -> list[dict]:
-    """Train 2 steps; returns the per-step log entries (KEYS only). `mode`: "ddp" or a shipped DeepSpeed config."""
+    """Train 2 steps; returns the per-step log entries (KEYS only). `mode`: "ddp" or a shipped DeepSpeed config,
+    with "_teacher": plus a tiny teacher (GKD and attention-distillation terms) and the vision tower frozen."""
     from conftest import length_reward, trainer_args
     from transformers import AutoModelForImageTextToText
 
     from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
-    from trl_attention.distributed import check_distributed_setup, check_zero3_capture_ready, config_path
+    from trl_attention.distributed import (
+        DistributedChecksCallback,
+        check_zero3_capture_ready,
+        config_path,
+        parameter_count,
+    )
     from trl_attention.tiny import build_processor, make_grounding_dataset
 
+    base, teacher = mode.removesuffix("_teacher"), mode.endswith("_teacher")
     values = dict(
         per_device_train_batch_size=4 // world_size, num_generations=4, max_steps=2, num_iterations=2, attn_coef=5.0,
         beta=0.04, loss_type="grpo", optim="sgd", learning_rate=0.5, max_grad_norm=1e6,
-        generation_kwargs={"do_sample": False}, deepspeed=None if mode == "ddp" else config_path(f"deepspeed/{mode}.json"),
+        generation_kwargs={"do_sample": False}, deepspeed=None if base == "ddp" else config_path(f"deepspeed/{base}.json"),
     )  # fmt: skip
+    if teacher:
+        values.update(gkd_coef=0.5, attn_distill_coef=1.0, freeze_vision_tower=True)
     values.update(overrides)
     args = trainer_args(AttentionGRPOConfig, output_dir, **values)  # before loading: ZeRO-3 partitions at load
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
@@ -84,43 +95,99 @@ def run(output_dir, model_dir: str, mode: str, world_size: int = 1, rank: int = 
         unprepared = None
     except ValueError as error:  # partitioned by zero.Init, no engine yet
         unprepared = str(error)
+    kwargs = {"teacher_model": _tiny_teacher()} if teacher else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = AttentionGRPOTrainer(model=model, reward_funcs=length_reward, args=args,
-                                       processing_class=build_processor(), train_dataset=make_grounding_dataset(8))  # fmt: skip
+        trainer = AttentionGRPOTrainer(model=model, reward_funcs=length_reward, args=args, processing_class=build_processor(),
+                                       train_dataset=make_grounding_dataset(8), **kwargs)  # fmt: skip
         _row_seeded_generate(trainer.model, rank)
+        trainer.add_callback(DistributedChecksCallback(trainer, device_memory=2**40))
         trainer.train()
-    # The policy (in its engine) and TRL's reference model (prepare_deepspeed: how teachers are prepared) pass.
-    check_distributed_setup(args, trainer.model, teacher=trainer.ref_model, world_size=world_size,
-                            device_memory=2**40)  # fmt: skip
     engine = type(trainer.model_wrapped).__name__
     stage = trainer.accelerator.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None
-    extra = {"engine": engine, "stage": stage, "unprepared_check": unprepared}
+    trainable = parameter_count(p for p in model.parameters() if p.requires_grad)  # ZeRO-3: full sizes
+    extra = {"engine": engine, "stage": stage, "unprepared_check": unprepared, "trainable": trainable,
+             "teacher_engine": type(getattr(trainer, "teacher_model", None)).__name__}  # fmt: skip
     steps = [{k: h[k] for k in KEYS if k in h} | extra for h in trainer.state.log_history if "loss" in h]
     del trainer
     return steps
 
 
+GKD_KEYS = ("loss", "grad_norm", "attention/distill_jsd")
+
+
+def _tiny_teacher():
+    from trl_attention.tiny import build_tiny_vlm
+
+    return build_tiny_vlm(seed=1, num_hidden_layers=3, hidden_size=96, intermediate_size=192, num_attention_heads=6,
+                          num_key_value_heads=3)[0]  # fmt: skip
+
+
+def run_gkd(output_dir, mode: str, world_size: int = 1, **overrides) -> list[dict]:
+    """AttentionGKDTrainer off-policy (lmbda=0: the dataset's completions, no sampling), 2 steps, global batch 2.
+
+    The Trainer's seeded sampler gives the 1-process run the same 2 rows that 2 processes take one each; the
+    completions differ in length, so the GKD and attention terms must normalise by the global token count."""
+    from trl_attention.distributed import DistributedChecksCallback, config_path
+    from trl_attention.gkd import AttentionGKDConfig, AttentionGKDTrainer
+    from trl_attention.tiny import build_tiny_vlm, make_grounding_dataset
+
+    args = AttentionGKDConfig(
+        output_dir=str(output_dir), per_device_train_batch_size=2 // world_size, max_steps=2, lmbda=0.0, beta=0.5,
+        attn_distill_coef=5.0, optim="sgd", learning_rate=0.5, max_grad_norm=1e6, max_new_tokens=8, seed=0,
+        use_cpu=True, bf16=False, report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True,
+        deepspeed=None if mode == "ddp" else config_path(f"deepspeed/{mode}.json"), **overrides,
+    )  # fmt: skip
+    student, processor = build_tiny_vlm(seed=0)
+    teacher = _tiny_teacher()
+    dataset = make_grounding_dataset(8).map(lambda row: {"completion": f"The answer is {row['answer']}."})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = AttentionGKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
+                                      processing_class=processor)  # fmt: skip
+        trainer.add_callback(DistributedChecksCallback(trainer, device_memory=2**40))
+        trainer.train()
+    extra = {"engine": type(trainer.model_wrapped).__name__, "teacher_engine": type(trainer.teacher_model).__name__}
+    return [{k: h[k] for k in GKD_KEYS if k in h} | extra for h in trainer.state.log_history if "loss" in h]
+
+
 def _cpu_deepspeed() -> None:
-    import deepspeed.comm.torch
+    import importlib
+
+    import deepspeed
 
     # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (C++, 1-2 min per fresh environment) that
     # only speeds up its inference all-reduce; every collective under test goes through torch.distributed/gloo.
-    deepspeed.comm.torch.build_shm_op = lambda: None
+    # (Through sys.modules: the attribute `deepspeed.comm.torch` is PyTorch itself, star-imported over it.)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     # ZeRO-3 partitions at from_pretrained (zero.Init), which sizes the world from deepspeed.comm: initialise it
     # now, as accelerate does when the first state it builds is a DeepSpeed one (here a DDP run may come first).
     deepspeed.init_distributed(dist_backend="gloo")
+    assert importlib.import_module("deepspeed.comm.comm").cdb.shm_comm_op is None
 
 
 def main(out: str, model_dir: str, *modes: str) -> None:
     from accelerate.state import AcceleratorState, PartialState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     _cpu_deepspeed()
 
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     results = {}
     for mode in modes:
-        results[mode] = run(os.path.join(os.path.dirname(out), mode), model_dir, mode, world_size, rank)
+        os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)  # set by the previous mode's DeepSpeed TrainingArguments
+        unset_hf_deepspeed_config()
+        path = os.path.join(os.path.dirname(out), mode)
+        if mode == "distill_example":
+            from trl_attention.distributed import config_path
+
+            results[mode] = run_example(
+                path, "attention_distill", *DISTILL_EXAMPLE_ARGS, "--deepspeed", config_path("zero3")
+            )
+        elif mode.startswith("gkd_"):
+            results[mode] = run_gkd(path, mode[4:], world_size)
+        else:
+            results[mode] = run(path, model_dir, mode, world_size, rank)
         AcceleratorState._reset_state(reset_partial_state=False)  # the next Trainer brings its own plugin
     if rank == 0:
         with open(out, "w") as f:
@@ -128,11 +195,18 @@ def main(out: str, model_dir: str, *modes: str) -> None:
     PartialState().wait_for_everyone()
 
 
-def example(out: str, name: str, *argv: str) -> None:
-    """Run examples/NAME.py's `main(argv)` (what the launchers start); rank 0 writes how it was distributed."""
+# What examples/launch.sh passes to the distillation example (--deepspeed zero3), sized for 2 CPU processes.
+DISTILL_EXAMPLE_ARGS = (
+    "--tiny", "--max_steps", "1", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+    "--max_new_tokens", "8", "--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--disable_tqdm", "true",
+    "--logging_steps", "1",
+)  # fmt: skip
+
+
+def run_example(output_dir: str, name: str, *argv: str) -> dict:
+    """examples/NAME.py's `main(argv)` (what the launchers start): how it was distributed, and its losses."""
     import importlib.util
 
-    _cpu_deepspeed()
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -140,23 +214,18 @@ def example(out: str, name: str, *argv: str) -> None:
     spec.loader.exec_module(module)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = module.main(list(argv))
+        trainer = module.main([*argv, "--output_dir", output_dir])
     teacher = getattr(trainer, "teacher_model", None) or getattr(trainer, "ref_model", None)
-    result = {
+    return {
         "engine": type(trainer.model_wrapped).__name__,
         "stage": trainer.accelerator.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None,
         "teacher_engine": type(teacher).__name__,
         "teacher_stage": teacher.zero_optimization_stage() if hasattr(teacher, "zero_optimization_stage") else None,
         "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "output_dir": output_dir,
     }
-    if trainer.accelerator.is_main_process:
-        with open(out, "w") as f:
-            json.dump(result, f)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    if sys.argv[1] == "example":
-        example(*sys.argv[2:])
-    else:
-        main(*sys.argv[1:])
+    main(*sys.argv[1:])

@@ -15,6 +15,7 @@ from conftest import length_reward, trainer_args
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
 from trl_attention.cli import main as cli_main
 from trl_attention.distributed import (
+    DistributedChecksCallback,
     check_batch_sizes,
     check_teacher_fits,
     check_zero3_capture_ready,
@@ -207,3 +208,18 @@ def test_tiny_models_build_whole_while_a_zero3_config_is_alive():
         unset_hf_deepspeed_config()
     for (name, a), (_, b) in zip(reference.named_parameters(), model.named_parameters()):
         assert not hasattr(b, "ds_id") and torch.equal(a, b), name
+
+
+def test_checks_callback_runs_the_checks_when_training_starts():
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(num_processes=4), model=None, teacher_model=None)
+    model, _ = build_tiny_lm()
+    callback = DistributedChecksCallback(trainer)
+    callback.on_train_begin(_args(), None, None, model=model)
+    with pytest.raises(ValueError, match=r"num_generations=8 .* With 4 processes"):
+        callback.on_train_begin(_args(per_device_train_batch_size=3), None, None, model=model)
+    with torch.device("meta"):  # a teacher on the meta device: sized before anything is loaded
+        big, _ = build_tiny_lm(hidden_size=256, intermediate_size=512)
+    n = sum(p.numel() for p in big.parameters())
+    trainer.teacher_model, callback.device_memory = big, 4 * n - 1
+    with pytest.raises(ValueError, match="teacher does not fit"):
+        callback.on_train_begin(_args(), None, None, model=model)

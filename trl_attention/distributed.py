@@ -18,11 +18,13 @@ import sys
 from pathlib import Path
 
 from torch import nn
+from transformers import TrainerCallback
 
 from .capture import find_decoder_layers, unwrap_model
 
 __all__ = [
     "CONFIG_DIR",
+    "DistributedChecksCallback",
     "check_batch_sizes",
     "check_distributed_setup",
     "check_teacher_fits",
@@ -215,18 +217,27 @@ def check_distributed_setup(
         check_teacher_fits(teacher, world, int(stage), device_memory, reserved)
 
 
+class DistributedChecksCallback(TrainerCallback):
+    """`check_distributed_setup` when training starts: the DeepSpeed engines exist by then (the policy's is built
+    in `train()`), so a ZeRO-3 model that no engine gathers is told apart from one not yet prepared.
+    `trainer.add_callback(DistributedChecksCallback(trainer))`; the teacher is `teacher_model` or `ref_model`."""
+
+    def __init__(self, trainer, device_memory: int | None = None):
+        self.trainer, self.device_memory = trainer, device_memory
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        trainer = self.trainer
+        teacher = getattr(trainer, "teacher_model", None) or getattr(trainer, "ref_model", None)
+        world = trainer.accelerator.num_processes
+        check_distributed_setup(args, model or trainer.model, teacher, world, self.device_memory)
+
+
 # -- CLI: `trl-attention configs` ---------------------------------------------------------------------------------
 def register(commands) -> callable:
-    """The `configs` subcommand of `trl-attention`."""
-    parser = commands.add_parser(
-        "configs",
-        help="Print the paths of the shipped DeepSpeed and accelerate configs.",
-        description="Print the shipped DeepSpeed ZeRO configs (for TrainingArguments(deepspeed=...) or the "
-        "`deepspeed` launcher) and accelerate YAMLs (for `accelerate launch --config_file`).",
-    )
-    parser.add_argument(
-        "--path", metavar="NAME", help="print only this config's path, e.g. zero3 or accelerate/zero3.yaml"
-    )
+    """The `configs` subcommand of `trl-attention`: where the shipped configs are installed."""
+    help_text = "Print the paths of the shipped DeepSpeed ZeRO JSONs and accelerate YAMLs."
+    parser = commands.add_parser("configs", help=help_text, description=help_text)
+    parser.add_argument("--path", metavar="NAME", help="print only this config's path (zero3, accelerate/zero3.yaml)")
     _configs.command = "configs"
     return _configs
 
