@@ -92,6 +92,28 @@ def test_accelerate_yaml_loads_and_matches_its_json(name, monkeypatch):
     assert plugin.deepspeed_config["zero_optimization"]["stage"] == reference["stage"]
 
 
+@pytest.mark.parametrize("name", [*STAGES, "zero3_multinode"])
+def test_accelerate_launch_turns_each_yaml_into_a_deepspeed_launch(name):
+    """accelerate's own launch validation and DeepSpeed environment, short of spawning (impossible on CPU)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    argv = ["--config_file", config_path(f"accelerate/{name}.yaml"), "--machine_rank", "1", "train.py"]
+    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    assert args.use_deepspeed and not args.cpu and args.num_processes == 8 * args.num_machines
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch_command does
+    _, env = prepare_deepspeed_cmd_env(args)
+    reference = deepspeed_config(name.replace("_multinode", ""))["zero_optimization"]
+    offload = "cpu" if "offload_param" in reference else "none"
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == str(reference["stage"])
+    assert (
+        env["ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"]
+        == env["ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"]
+        == offload
+    )
+
+
 def test_installed_wheel_contains_the_configs(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)  # fmt: skip

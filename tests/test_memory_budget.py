@@ -140,3 +140,8 @@ def test_script_prints_a_table_whose_totals_add_up():
     zero3 = mb.budget(recipe, gpus=8, stage=3, checkpointing=True)
     assert zero3["teacher/ref"] > 2 * 33e9 / 8  # the 32B teacher's bf16 weights, sharded 8 ways
     assert mb.budget(recipe, gpus=8, stage=2, checkpointing=True)["teacher/ref"] > 2 * 33e9  # replicated
+
+
+def test_readme_table_is_the_scripts_output():
+    readme = (SCRIPT.parents[1] / "README.md").read_text()
+    assert mb.table() in readme and "python benchmarks/memory_budget.py" in readme
