@@ -1,8 +1,11 @@
-"""One AttentionGRPOTrainer run per mode, identical whatever the world size; a torchrun worker and a library.
+"""Training runs that are identical whatever the world size; a torchrun worker and a library.
 
-`python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT MODEL_DIR ddp zero2 zero3`
-trains once per mode (plain DDP, or the shipped DeepSpeed config of that name) and rank 0 writes the logged
-metrics to OUT as JSON. `run(...)` in the test process gives the 1-process reference over the same data.
+`python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_worker.py OUT MODEL_DIR MODE...`
+trains once per MODE in the same processes and rank 0 writes the logged metrics to OUT as JSON. MODE: `ddp` or a
+shipped DeepSpeed config (`zero2`, `zero3`) for AttentionGRPOTrainer, with `_teacher` adding the GRPO teacher terms
+and the frozen vision tower; `gkd_ddp` / `gkd_zero3` for AttentionGKDTrainer; `distill_example` for
+examples/attention_distill.py under ZeRO-3. `run(...)` / `run_gkd(...)` in the test process give the 1-process
+references over the same data.
 
 "The same data" under GRPO: the global generation batch is `per_device_train_batch_size * world_size`, so the
 1-process run uses 4 per device and the 2-process runs 2; one prompt times num_generations=4 fills it, so its
@@ -83,7 +86,7 @@ def run(output_dir, model_dir: str, mode: str, world_size: int = 1, rank: int = 
     values = dict(
         per_device_train_batch_size=4 // world_size, num_generations=4, max_steps=2, num_iterations=2, attn_coef=5.0,
         beta=0.04, loss_type="grpo", optim="sgd", learning_rate=0.5, max_grad_norm=1e6,
-        generation_kwargs={"do_sample": False}, deepspeed=None if base == "ddp" else config_path(f"deepspeed/{base}.json"),
+        generation_kwargs={"do_sample": False}, deepspeed=None if base == "ddp" else config_path(base),
     )  # fmt: skip
     if teacher:
         values.update(gkd_coef=0.5, attn_distill_coef=1.0, freeze_vision_tower=True)
@@ -98,8 +101,9 @@ def run(output_dir, model_dir: str, mode: str, world_size: int = 1, rank: int = 
     kwargs = {"teacher_model": _tiny_teacher()} if teacher else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = AttentionGRPOTrainer(model=model, reward_funcs=length_reward, args=args, processing_class=build_processor(),
-                                       train_dataset=make_grounding_dataset(8), **kwargs)  # fmt: skip
+        data, processor = make_grounding_dataset(8), build_processor()
+        trainer = AttentionGRPOTrainer(model=model, reward_funcs=length_reward, args=args, train_dataset=data,
+                                       processing_class=processor, **kwargs)  # fmt: skip
         _row_seeded_generate(trainer.model, rank)
         trainer.add_callback(DistributedChecksCallback(trainer, device_memory=2**40))
         trainer.train()

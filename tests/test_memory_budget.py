@@ -26,7 +26,8 @@ def _config(m):
                 num_key_value_heads=t.kv_heads, intermediate_size=t.intermediate, tie_word_embeddings=t.tie_embeddings,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": mrope})  # fmt: skip
     vision = dict(depth=v.depth, hidden_size=v.hidden, intermediate_size=v.intermediate, out_hidden_size=v.out_hidden,
-                  num_heads=16, patch_size=v.patch, temporal_patch_size=v.temporal_patch, spatial_merge_size=v.merge)  # fmt: skip
+                  num_heads=16, patch_size=v.patch, temporal_patch_size=v.temporal_patch,
+                  spatial_merge_size=v.merge)  # fmt: skip
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=t.tie_embeddings)
 
 
