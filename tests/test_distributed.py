@@ -85,10 +85,11 @@ def test_accelerate_yaml_loads_and_matches_its_json(name, monkeypatch):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     plugin = DeepSpeedPlugin(
         zero_stage=ds["zero_stage"], offload_param_device=ds["offload_param_device"],
-        offload_optimizer_device=ds["offload_optimizer_device"], gradient_clipping=ds["gradient_clipping"],
+        offload_optimizer_device=ds["offload_optimizer_device"],
         zero3_init_flag=ds["zero3_init_flag"], zero3_save_16bit_model=ds["zero3_save_16bit_model"],
     )  # fmt: skip
     assert plugin.deepspeed_config["zero_optimization"]["stage"] == reference["stage"]
+    assert "gradient_clipping" not in ds and plugin.deepspeed_config["gradient_clipping"] == "auto"  # max_grad_norm
 
 
 @pytest.mark.parametrize("name", [*STAGES, "zero3_multinode"])
