@@ -134,6 +134,18 @@ def test_freeze_vision_tower_counts_and_freezes_exactly_the_tower_and_merger():
     assert freeze_vision_tower(model) == 0  # already frozen
 
 
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen3_vl"])
+def test_freeze_vision_tower_on_other_qwen_families(kind):
+    from trl_attention.tiny import build_tiny_qwen_vl
+
+    model, _ = build_tiny_qwen_vl(kind)
+    visual = model.model.visual  # Qwen3-VL: merger and deepstack mergers live inside it
+    assert freeze_vision_tower(model) == sum(p.numel() for p in visual.parameters()) > 0
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == [
+        n for n, _ in model.named_parameters() if n.startswith("model.visual.")
+    ]
+
+
 def test_freeze_vision_tower_finds_a_separate_projector():
     from torch import nn
 
