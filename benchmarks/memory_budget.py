@@ -72,7 +72,8 @@ class Model:
 # Published config.json values of the Hugging Face checkpoints (text_config / vision_config). 7B: layer shapes
 # confirmed by a printed Qwen2_5_VLForConditionalGeneration module tree (q 3584->3584, k/v 3584->512, MLP 18944,
 # vocab 152064, ViT 32 x 1280 with MLP 3420, merger 5120->3584). 32B: language model as in the Qwen2.5-32B model
-# card (64 layers, 40 query / 8 KV heads, 32.5B parameters), hidden 5120, MLP 27648; ViT MLP 3456.
+# card (64 layers, 40 query / 8 KV heads, 32.5B parameters), hidden 5120, MLP 27648; ViT MLP 3456 (the hub
+# config's value; not re-checked offline here: 3420 instead would change the total by 4.4M parameters, 0.01%).
 QWEN25_VL_7B = Model(
     "Qwen2.5-VL-7B",
     TextDims(vocab=152064, hidden=3584, layers=28, heads=28, kv_heads=4, intermediate=18944),
