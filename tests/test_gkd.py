@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from trl.experimental.gkd import GKDConfig, GKDTrainer
 
 from trl_attention.distill import TokenizationMismatchError, attention_distill_per_token, check_same_tokenization
+from trl_attention.distributed import DistributedChecksCallback
 from trl_attention.gkd import AttentionGKDConfig, AttentionGKDTrainer, completion_rows
 from trl_attention.tiny import build_tiny_lm, build_tiny_vlm, make_grounding_dataset, save_tiny_vlm
 from trl_attention.vision_collator import VisionDistillationCollator, validate_distillation_dataset
@@ -283,4 +284,5 @@ def test_freeze_vision_tower_option(tmp_path):
     trainer = _vlm_trainer(tmp_path, freeze_vision_tower=True)
     visual = [p for n, p in trainer.model.named_parameters() if n.startswith("model.visual.")]
     assert visual and not any(p.requires_grad for p in visual)
+    assert any(isinstance(cb, DistributedChecksCallback) for cb in trainer.callback_handler.callbacks)
     assert all(p.requires_grad for n, p in trainer.model.named_parameters() if "language_model" in n)

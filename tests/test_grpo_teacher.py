@@ -8,6 +8,7 @@ import torch
 from conftest import length_reward, trainer_args
 
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
+from trl_attention.distributed import DistributedChecksCallback
 from trl_attention.tiny import build_tiny_lm, build_tiny_vlm, make_grounding_dataset
 
 TEACHER_SHAPE = dict(num_hidden_layers=3, hidden_size=96, intermediate_size=192, num_attention_heads=6,
@@ -134,6 +135,7 @@ def test_freeze_vision_tower_option_trains_only_the_language_model(tmp_path):
         trainer = AttentionGRPOTrainer(model=model, reward_funcs=length_reward, args=args, processing_class=processor,
                                        train_dataset=make_grounding_dataset(8))  # fmt: skip
         trainer.train()
+    assert any(isinstance(cb, DistributedChecksCallback) for cb in trainer.callback_handler.callbacks)
     optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     visual = [(n, p) for n, p in trainer.model.named_parameters() if n.startswith("model.visual.")]
     assert any("merger" in n for n, _ in visual)  # the projector is part of it

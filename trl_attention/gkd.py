@@ -26,7 +26,7 @@ with warnings.catch_warnings():  # TRL warns that experimental APIs may change: 
 
 from .capture import AttentionCapture, capture_attention, unwrap_model
 from .distill import attention_distill_per_token, check_same_tokenization, extra_forward_kwargs, load_teacher
-from .distributed import freeze_vision_tower
+from .distributed import DistributedChecksCallback, freeze_vision_tower
 from .vision_collator import VisionDistillationCollator, is_processor, validate_distillation_dataset
 
 __all__ = ["AttentionGKDConfig", "AttentionGKDTrainer", "completion_rows"]
@@ -136,6 +136,7 @@ class AttentionGKDTrainer(GKDTrainer):
         self.attn_layer = int(getattr(self.args, "attn_layer", -1))
         self.teacher_attn_layer = int(getattr(self.args, "teacher_attn_layer", -1))
         check_same_tokenization(self.model, self.teacher_model, processing_class)
+        self.add_callback(DistributedChecksCallback(self))  # DeepSpeed batch values, ZeRO-3 gathering, teacher size
         if vision:  # a sampled image placeholder would not match the image features (TRL's GRPO does the same)
             config = unwrap_model(self.model).config
             placeholders = [

@@ -34,7 +34,7 @@ from .distill import (
     prepare_teacher,
     token_generalized_jsd,
 )
-from .distributed import freeze_vision_tower
+from .distributed import DistributedChecksCallback, freeze_vision_tower
 from .losses import attention_entropy, attention_policy, jsd
 from .scoring import ScoringCaptureMixin
 
@@ -121,6 +121,7 @@ class AttentionGRPOTrainer(ScoringCaptureMixin, GRPOTrainer):
         self.attn_coef = float(getattr(self.args, "attn_coef", AttentionGRPOConfig.attn_coef))
         self.attn_layer = int(getattr(self.args, "attn_layer", AttentionGRPOConfig.attn_layer))
         self._init_teacher(teacher_model)
+        self.add_callback(DistributedChecksCallback(self))  # batch sizes, ZeRO-3 gathering, teacher size at train()
         self._init_scoring_capture(self.attn_layer, needs_old_attention=self.attn_coef != 0)
         if self.attn_coef != 0:
             AttentionCapture(self.model, layer=self.attn_layer)  # fail now, not mid-training, on unsupported models
