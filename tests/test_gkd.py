@@ -241,18 +241,15 @@ def test_distillation_example_runs_on_tiny_models(tmp_path):
     example = importlib.util.module_from_spec(spec)
     sys.modules["attention_distill"] = example  # dataclasses look their module up while the class is built
     spec.loader.exec_module(example)
-    _, args = example.parse(["--output_dir", str(tmp_path), "--use_cpu", "true"])
-    assert (args.lmbda, args.attn_distill_coef, args.teacher_model_init_kwargs["dtype"]) == (1.0, 0.5, "bfloat16")
+    _, args, _ = example.parse(["--output_dir", str(tmp_path)], use_cpu=True, bf16=False)
+    assert (args.lmbda, args.attn_distill_coef, args.freeze_vision_tower) == (1.0, 0.5, True)
+    assert args.teacher_model_init_kwargs["dtype"] == "bfloat16"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = example.main(["--tiny", "--output_dir", str(tmp_path), "--max_steps", "2", "--use_cpu", "true",
-                                "--report_to", "none", "--per_device_train_batch_size", "2",
-                                "--gradient_accumulation_steps", "1", "--max_new_tokens", "4", "--logging_steps", "1",
-                                "--save_strategy", "no", "--disable_tqdm", "true"])  # fmt: skip
-    assert (
-        trainer.teacher_model.config.text_config.num_hidden_layers
-        != trainer.model.config.text_config.num_hidden_layers
-    )
+        trainer = example.main(["--tiny", "--output_dir", str(tmp_path), "--max_steps", "2", "--max_new_tokens", "4",
+                                "--logging_steps", "1", "--disable_tqdm", "true"])  # fmt: skip
+    teacher_layers = trainer.teacher_model.config.text_config.num_hidden_layers
+    assert teacher_layers != trainer.model.config.text_config.num_hidden_layers
     assert len([h for h in trainer.state.log_history if "attention/distill_jsd" in h]) == 2
     assert (tmp_path / "model.safetensors").exists()
 

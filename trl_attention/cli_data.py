@@ -53,16 +53,29 @@ class DataArguments:
             raise ValueError("heatmap_every must be >= 0 and num_samples >= 1")
 
 
+def _tiny_checkpoint(seed: int) -> str:
+    """Save the tiny VLM once and return its directory. Under torch.distributed only rank 0 writes (transformers'
+    `save_pretrained` writes on rank 0 alone anyway) and the others receive its path: one node shares /tmp."""
+    import torch.distributed as dist
+
+    from .tiny import save_tiny_vlm
+
+    distributed = dist.is_available() and dist.is_initialized()
+    path = [None]
+    if not distributed or dist.get_rank() == 0:
+        path[0] = save_tiny_vlm(tempfile.mkdtemp(prefix="trl_attention_tiny_"), seed=seed)
+        atexit.register(shutil.rmtree, path[0], True)
+    if distributed:
+        dist.broadcast_object_list(path, src=0)  # also the barrier: the others wait until the files exist
+    return path[0]
+
+
 def load_model_and_data(data_args: DataArguments, model_args, seed: int):
     """(model, processor, dataset in TRL's conversational form with `solution`) for the options given."""
     from datasets import load_dataset
 
     if data_args.tiny:  # saved and loaded back, so it takes the real models' path (and TRL can build a ref model)
-        from .tiny import save_tiny_vlm
-
-        path = save_tiny_vlm(tempfile.mkdtemp(prefix="trl_attention_tiny_"), seed=seed)
-        atexit.register(shutil.rmtree, path, True)
-        model, processor = load_model_and_processor(path, None, model_args.attn_implementation)
+        model, processor = load_model_and_processor(_tiny_checkpoint(seed), None, model_args.attn_implementation)
         raw = synthetic_vqa(data_args.num_samples or 256, seed=seed)
     else:
         if model_args.model_name_or_path is None or data_args.dataset_name is None:
