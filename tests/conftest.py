@@ -1,5 +1,6 @@
 """Shared fixtures: TRL configs and data for fast CPU trainer tests."""
 
+import contextlib
 import os
 
 import pytest
@@ -33,3 +34,16 @@ def trainer_args(config_cls, output_dir, **overrides):
     )  # fmt: skip
     values.update(overrides)
     return config_cls(**values)
+
+
+@contextlib.contextmanager
+def count_forwards(**modules):
+    """{name: number of forward calls} of each module while the block runs."""
+    calls = dict.fromkeys(modules, 0)
+    handles = [module.register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+               for name, module in modules.items()]  # fmt: skip
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import count_forwards
 from datasets import Dataset
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from trl.experimental.gkd import GKDConfig, GKDTrainer
@@ -257,14 +258,8 @@ def test_distillation_example_runs_on_tiny_models(tmp_path):
 def test_one_student_and_one_teacher_forward_per_loss(tmp_path):
     trainer = _vlm_trainer(tmp_path, attn_distill_coef=1.0)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
-    calls = {"student": 0, "teacher": 0}
-    handles = [module.register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
-               for name, module in (("student", trainer.model), ("teacher", trainer.teacher_model))]  # fmt: skip
-    try:
+    with count_forwards(student=trainer.model, teacher=trainer.teacher_model) as calls:
         trainer.compute_loss(trainer.model, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
     assert calls == {"student": 1, "teacher": 1}
 
 

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import length_reward, trainer_args
+from conftest import count_forwards, length_reward, trainer_args
 
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
 from trl_attention.distributed import DistributedChecksCallback
@@ -114,15 +114,8 @@ def test_teacher_term_adds_no_student_forward(tmp_path, text_dataset):
                                        processing_class=tokenizer, teacher_model=build_tiny_lm(seed=1)[0])  # fmt: skip
         trainer.train()
     batch = trainer._buffered_inputs[0]
-    calls = {"student": 0, "teacher": 0}
-    backbones = (("student", trainer.model.model), ("teacher", trainer.teacher_model.model))
-    handles = [module.register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
-               for name, module in backbones]  # fmt: skip
-    try:
+    with count_forwards(student=trainer.model.model, teacher=trainer.teacher_model.model) as calls:  # backbones
         trainer._compute_loss(trainer.model, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
     assert calls == {"student": 1, "teacher": 1}
 
 
