@@ -22,6 +22,7 @@ import sys
 
 import torch
 
+from trl_attention.cli_config import recipe_defaults, train_and_save
 from trl_attention.cli_gkd import build_gkd_trainer, parse_args
 
 RECIPE = {
@@ -42,22 +43,14 @@ TINY = {
 }  # fmt: skip
 
 
-def recipe(argv, **overrides) -> dict:
-    """The recipe's defaults for `argv` (the tiny sizes with --tiny), with `overrides` on top."""
-    return {**RECIPE, **(TINY if "--tiny" in argv else {}), **overrides}
-
-
 def parse(argv, **overrides):
-    return parse_args(list(argv), defaults=recipe(argv, **overrides))
+    """(script args, AttentionGKDConfig, ModelConfig) with the recipe's defaults under argv."""
+    return parse_args(list(argv), defaults=recipe_defaults(argv, RECIPE, TINY, **overrides))
 
 
 def main(argv=None, **overrides):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    script_args, training_args, model_args = parse(argv, **overrides)
-    trainer = build_gkd_trainer(script_args, training_args, model_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    return trainer
+    script_args, training_args, model_args = parse(sys.argv[1:] if argv is None else argv, **overrides)
+    return train_and_save(build_gkd_trainer(script_args, training_args, model_args), training_args)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import sys
 
 import torch
 
+from trl_attention.cli_config import recipe_defaults, train_and_save
 from trl_attention.cli_grpo import build_grpo_trainer, parse_args
 
 RECIPE = {
@@ -42,18 +43,12 @@ TINY = {
 }  # fmt: skip
 
 
-def recipe(argv, **overrides) -> dict:
-    """The recipe's defaults for `argv` (the tiny sizes with --tiny), with `overrides` on top."""
-    return {**RECIPE, **(TINY if "--tiny" in argv else {}), **overrides}
-
-
 def main(argv=None, **overrides):
     argv = sys.argv[1:] if argv is None else list(argv)
-    script_args, training_args, model_args = parse_args(argv, defaults=recipe(argv, **overrides))
-    trainer = build_grpo_trainer(script_args, training_args, model_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    return trainer
+    script_args, training_args, model_args = parse_args(
+        argv, defaults=recipe_defaults(argv, RECIPE, TINY, **overrides)
+    )
+    return train_and_save(build_grpo_trainer(script_args, training_args, model_args), training_args)
 
 
 if __name__ == "__main__":

@@ -47,3 +47,15 @@ def count_forwards(**modules):
     finally:
         for handle in handles:
             handle.remove()
+
+
+# A teacher of another depth, width and head count than the tiny student (the 32B -> 7B situation in miniature).
+TEACHER_SHAPE = {"num_hidden_layers": 3, "hidden_size": 96, "intermediate_size": 192, "num_attention_heads": 6,
+                 "num_key_value_heads": 3}  # fmt: skip
+
+
+def hand_jsd(p, q):
+    """JSD along the last dim, written out: an independent reference for trl_attention.losses.jsd."""
+    m = 0.5 * (p + q)
+    kl = lambda a: (a * (torch.log(a.clamp_min(1e-30)) - torch.log(m.clamp_min(1e-30)))).sum(-1)
+    return 0.5 * kl(p) + 0.5 * kl(q)

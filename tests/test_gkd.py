@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import count_forwards
+from conftest import TEACHER_SHAPE, count_forwards, hand_jsd
 from datasets import Dataset
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from trl.experimental.gkd import GKDConfig, GKDTrainer
@@ -22,9 +22,6 @@ from trl_attention.vision_collator import VisionDistillationCollator, validate_d
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 BENCHMARKS = EXAMPLES.parent / "benchmarks"
-# A teacher of another depth, width and head count (the 32B -> 7B situation in miniature).
-TEACHER_SHAPE = dict(num_hidden_layers=3, hidden_size=96, intermediate_size=192, num_attention_heads=6,
-                     num_key_value_heads=3)  # fmt: skip
 
 
 def _args(config_cls, tmp_path, **overrides):
@@ -51,12 +48,6 @@ def _vlm_trainer(tmp_path, teacher=None, **overrides):
                                    processing_class=processor)  # fmt: skip
 
 
-def _hand_jsd(p, q):
-    m = 0.5 * (p + q)
-    kl = lambda a: (a * (torch.log(a.clamp_min(1e-30)) - torch.log(m.clamp_min(1e-30)))).sum()
-    return 0.5 * kl(p) + 0.5 * kl(q)
-
-
 def _eager_reference(trainer, batch, gamma):
     """GKD loss (TRL's own function on eager logits) + gamma * hand-computed attention JSD, from eager twins."""
     student, _ = build_tiny_vlm(seed=0, attn_implementation="eager")  # fresh: TRL may patch the trained model
@@ -75,7 +66,7 @@ def _eager_reference(trainer, batch, gamma):
     terms = []
     for b, t in (labels != -100).nonzero().tolist():
         p, q = s_attn[b, t, :t], t_attn[b, t, :t]
-        terms.append(_hand_jsd(p / p.sum(), q / q.sum()))
+        terms.append(hand_jsd(p / p.sum(), q / q.sum()))
     attn = torch.stack(terms).mean()
     return gkd + gamma * attn, attn, student
 

@@ -5,21 +5,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import count_forwards, length_reward, trainer_args
+from conftest import TEACHER_SHAPE, count_forwards, hand_jsd, length_reward, trainer_args
 
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
 from trl_attention.distributed import DistributedChecksCallback
 from trl_attention.tiny import build_tiny_lm, build_tiny_vlm, make_grounding_dataset
-
-TEACHER_SHAPE = dict(num_hidden_layers=3, hidden_size=96, intermediate_size=192, num_attention_heads=6,
-                     num_key_value_heads=3)  # fmt: skip
-
-
-def _hand_jsd(p, q):
-    """JSD along the last dim, written out (independent of trl_attention.losses.jsd)."""
-    m = 0.5 * (p + q)
-    kl = lambda a: (a * (torch.log(a.clamp_min(1e-30)) - torch.log(m.clamp_min(1e-30)))).sum(-1)
-    return 0.5 * kl(p) + 0.5 * kl(q)
 
 
 def _run(tmp_path, dataset, teacher=None, **overrides):
@@ -66,7 +56,7 @@ def test_teacher_terms_equal_hand_computation_on_vlm_rollouts(tmp_path):
                       pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
                       mm_token_type_ids=batch["mm_token_type_ids"], output_attentions=True)  # fmt: skip
         s_out, t_out = student(**kwargs), eager_teacher(**kwargs)
-    token = _hand_jsd(s_out.logits[:, -rows - 1 : -1].softmax(-1), t_out.logits[:, -rows - 1 : -1].softmax(-1))
+    token = hand_jsd(s_out.logits[:, -rows - 1 : -1].softmax(-1), t_out.logits[:, -rows - 1 : -1].softmax(-1))
     length = kwargs["input_ids"].size(1)
     positions = torch.arange(length - rows, length)
     before = torch.arange(length)[None, :] < positions[:, None]  # keys strictly before each completion token
@@ -75,7 +65,7 @@ def test_teacher_terms_equal_hand_computation_on_vlm_rollouts(tmp_path):
         rows_ = attentions[-1].mean(1)[:, -rows:] * before
         return rows_ / rows_.sum(-1, keepdim=True)
 
-    attention = _hand_jsd(policy(s_out.attentions), policy(t_out.attentions))
+    attention = hand_jsd(policy(s_out.attentions), policy(t_out.attentions))
     cm = batch["completion_mask"].float()
     per_sequence = lambda x: ((x * cm).sum(-1) / cm.sum(-1).clamp(min=1)).mean()  # loss_type="grpo"
     assert per_sequence(token) > 1e-4 and per_sequence(attention) > 1e-7

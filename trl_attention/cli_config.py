@@ -16,7 +16,7 @@ import sys
 import yaml
 from trl import TrlParser
 
-__all__ = ["ConfigError", "add_training_command", "parse_config", "run_training"]
+__all__ = ["ConfigError", "add_training_command", "parse_config", "recipe_defaults", "run_training", "train_and_save"]
 
 
 class ConfigError(ValueError):
@@ -84,6 +84,18 @@ def parse_config(dataclass_types, argv: list[str], prog: str, defaults: dict | N
     return tuple(parsed)
 
 
+def train_and_save(trainer, training_args):
+    """Train (resuming when asked) and save to `output_dir`; returns the trainer."""
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    return trainer
+
+
+def recipe_defaults(argv: list[str], recipe: dict, tiny: dict, **overrides) -> dict:
+    """An example script's defaults: its recipe, the tiny sizes when `--tiny` is in argv, then `overrides`."""
+    return {**recipe, **(tiny if "--tiny" in argv else {}), **overrides}
+
+
 def run_training(argv: list[str], parse, build) -> int:
     """Parse (`parse(argv)` -> script, training, model args), build the trainer, train, save, say where."""
     script_args, training_args, model_args = parse(argv)
@@ -91,8 +103,7 @@ def run_training(argv: list[str], parse, build) -> int:
         trainer = build(script_args, training_args, model_args)
     except ValueError as error:  # bad reward names, dataset columns, boxes, tokenizers: the message names the culprit
         raise ConfigError(str(error)) from error
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    train_and_save(trainer, training_args)
     trainer.accelerator.print(f"Trained {trainer.state.global_step} steps; model saved to {training_args.output_dir}")
     return 0
 

@@ -26,6 +26,7 @@ __all__ = [
     "backbone_hidden_states",
     "check_same_tokenization",
     "extra_forward_kwargs",
+    "load_pretrained",
     "load_teacher",
     "prepare_teacher",
     "token_generalized_jsd",
@@ -46,18 +47,26 @@ class TokenizationMismatchError(ValueError):
     """Student and teacher do not tokenise (or preprocess images) identically."""
 
 
-def load_teacher(teacher: str, init_kwargs: dict | None = None, trust_remote_code: bool = False) -> nn.Module:
-    """Load a teacher from a path or hub id: a VLM (config with `vision_config`) as image-text-to-text, else causal LM."""
+def load_pretrained(name: str, **kwargs) -> nn.Module:
+    """`from_pretrained` with the right auto class: image-text-to-text when the config has a `vision_config`, else
+    causal LM (the students, teachers and CLI models all load through here)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
+    config = AutoConfig.from_pretrained(
+        name, trust_remote_code=kwargs.get("trust_remote_code", False), revision=kwargs.get("revision")
+    )
+    auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
+    return auto.from_pretrained(name, **kwargs)
+
+
+def load_teacher(teacher: str, init_kwargs: dict | None = None, trust_remote_code: bool = False) -> nn.Module:
+    """Load a teacher from a path or hub id with `teacher_model_init_kwargs` (a string dtype becomes torch's)."""
     kwargs = dict(init_kwargs or {})
     dtype = kwargs.get("dtype")
     if isinstance(dtype, str) and dtype != "auto":
         kwargs["dtype"] = getattr(torch, dtype)
     kwargs.setdefault("trust_remote_code", trust_remote_code)
-    config = AutoConfig.from_pretrained(teacher, trust_remote_code=kwargs["trust_remote_code"])
-    auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
-    return auto.from_pretrained(teacher, **kwargs)
+    return load_pretrained(teacher, **kwargs)
 
 
 def _field(config, name):

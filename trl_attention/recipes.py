@@ -129,14 +129,13 @@ def synthetic_vqa(n: int, seed: int = 0) -> Dataset:
 
 def load_model_and_processor(name: str, dtype: str | None = None, attn_implementation: str | None = None,
                              revision: str | None = None):  # fmt: skip
-    """A VLM (or, failing that, a causal LM) and its processor/tokenizer, left-padded for generation; `sdpa` by
-    default because flash-attention cannot be captured."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+    """A VLM (or a causal LM) and its processor (or tokenizer), left-padded for generation; `sdpa` by default
+    because flash-attention cannot be captured."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from .distill import load_pretrained
 
     kwargs = {"dtype": dtype or "auto", "attn_implementation": attn_implementation or "sdpa", "revision": revision}
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
-        return model, AutoProcessor.from_pretrained(name, padding_side="left", revision=revision)
-    except ValueError:  # not an image-text-to-text architecture
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-        return model, AutoTokenizer.from_pretrained(name, padding_side="left", revision=revision)
+    model = load_pretrained(name, **kwargs)
+    loader = AutoProcessor if getattr(model.config, "vision_config", None) is not None else AutoTokenizer
+    return model, loader.from_pretrained(name, padding_side="left", revision=revision)
