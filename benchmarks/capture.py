@@ -40,8 +40,15 @@ import sys
 import time
 
 MODES = ("none", "eager", "torch", "triton")
-_SHAPE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-          "head_dim", "vocab_size")  # fmt: skip
+_SHAPE = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+)
 PRESETS = {
     "cpu": dict(zip(_SHAPE, (896, 4864, 4, 7, 1, 128, 8192))),
     "7b": dict(zip(_SHAPE, (3584, 18944, 28, 28, 4, 128, 152064))),
@@ -87,10 +94,14 @@ def build(args, seq):
     half = PRESETS[args.preset]["head_dim"] // 2
     mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]  # Qwen's 16/24/24 at 128
     text = {
-        **PRESETS[args.preset], "max_position_embeddings": max(seq, 4096), "rms_norm_eps": 1e-6,
+        **PRESETS[args.preset],
+        "max_position_embeddings": max(seq, 4096),
+        "rms_norm_eps": 1e-6,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-    }  # fmt: skip
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
     vision = {
         "depth": 1,
         "hidden_size": 32,
@@ -98,8 +109,14 @@ def build(args, seq):
         "num_heads": 2,
         "out_hidden_size": text["hidden_size"],
     }
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=5, video_token_id=6,
-                              vision_start_token_id=3, vision_end_token_id=4)  # fmt: skip
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=5,
+        video_token_id=6,
+        vision_start_token_id=3,
+        vision_end_token_id=4,
+    )
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration(config).to(dtype=getattr(torch, args.dtype)).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
@@ -225,9 +242,24 @@ def micro(args) -> int:
 
 
 def _child(args, kind, seq, mode=None) -> dict:
-    forwarded = ["--preset", args.preset, "--device", args.device, "--dtype", args.dtype, "--batch", str(args.batch),
-                 "--rows-frac", str(args.rows_frac), "--repeats", str(args.repeats), "--seq", str(seq),
-                 "--threads", str(args.threads)]  # fmt: skip
+    forwarded = [
+        "--preset",
+        args.preset,
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--batch",
+        str(args.batch),
+        "--rows-frac",
+        str(args.rows_frac),
+        "--repeats",
+        str(args.repeats),
+        "--seq",
+        str(seq),
+        "--threads",
+        str(args.threads),
+    ]
     cmd = [sys.executable, __file__, f"--child-{kind}", *forwarded] + (["--mode", mode] if mode else [])
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -264,8 +296,10 @@ def main(argv=None) -> int:
     # Memory children first, from this parent that never imports torch; then one timing child per T.
     memory = {(seq, mode): _child(args, "memory", seq, mode) for seq in args.seq for mode in MODES}
     seconds = {seq: _child(args, "times", seq) for seq in args.seq}
-    print(f"preset={args.preset} ({PRESETS[args.preset]}) batch={args.batch} dtype={args.dtype} "
-          f"device={args.device} C=T*{args.rows_frac} repeats={args.repeats} threads={args.threads or 'default'}")  # fmt: skip
+    print(
+        f"preset={args.preset} ({PRESETS[args.preset]}) batch={args.batch} dtype={args.dtype} "
+        f"device={args.device} C=T*{args.rows_frac} repeats={args.repeats} threads={args.threads or 'default'}"
+    )
     print(
         f"{'T':>5s} {'C':>5s} {'mode':7s} {'step s':>8s} {'time x':>7s} {'peak MiB':>9s} {'mem x':>6s} {'extra/CT':>8s}"
     )

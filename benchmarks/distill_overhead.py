@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from trl_attention.gkd import AttentionGKDConfig, AttentionGKDTrainer
+from trl_attention.distill import AttentionGKDConfig, AttentionGKDTrainer
 from trl_attention.tiny import build_tiny_vlm, make_grounding_dataset
 
 
@@ -25,18 +25,32 @@ def main(argv=None) -> dict:
     parser.add_argument("--completion", type=int, default=64, help="completion words per sample")
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args(argv)
-    student, processor = build_tiny_vlm(seed=0, hidden_size=256, intermediate_size=512, num_hidden_layers=6,
-                                        num_attention_heads=8, num_key_value_heads=4)  # fmt: skip
-    teacher, _ = build_tiny_vlm(seed=1, hidden_size=384, intermediate_size=768, num_hidden_layers=8,
-                                num_attention_heads=12, num_key_value_heads=4)  # fmt: skip
+    student, processor = build_tiny_vlm(
+        seed=0,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+    )
+    teacher, _ = build_tiny_vlm(
+        seed=1,
+        hidden_size=384,
+        intermediate_size=768,
+        num_hidden_layers=8,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+    )
     words = " ".join(["answer"] * args.completion)
     dataset = make_grounding_dataset(args.batch).map(lambda row: {"completion": f"{row['answer']} {words}"})
-    config = AttentionGKDConfig(output_dir="/tmp/distill_overhead", use_cpu=True, report_to=[], bf16=False,
-                                attn_distill_coef=0.5)  # fmt: skip
+    config = AttentionGKDConfig(
+        output_dir="/tmp/distill_overhead", use_cpu=True, report_to=[], bf16=False, attn_distill_coef=0.5
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = AttentionGKDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=dataset,
-                                      processing_class=processor)  # fmt: skip
+        trainer = AttentionGKDTrainer(
+            model=student, teacher_model=teacher, args=config, train_dataset=dataset, processing_class=processor
+        )
     batch = trainer.data_collator([dataset[i] for i in range(args.batch)])
     times = {"gkd": [], "gkd+attention": []}
     for _ in range(args.repeats + 1):  # the first round warms up and is dropped

@@ -17,7 +17,7 @@ import random
 import warnings
 
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
-from trl_attention.rewards import RegionAttentionReward
+from trl_attention.sayo import RegionAttentionReward
 from trl_attention.tiny import build_tiny_vlm, make_grounding_dataset
 
 
@@ -30,17 +30,33 @@ def run(steps: int, control: bool, args, attn_coef: float = 0.0, num_iterations:
     random.seed(args.seed)
     model, processor = build_tiny_vlm(seed=args.seed)
     config = AttentionGRPOConfig(
-        output_dir="/tmp/sayo_region_share", max_steps=steps, per_device_train_batch_size=16, num_generations=8,
-        max_completion_length=8, learning_rate=args.lr, attn_coef=attn_coef, num_iterations=num_iterations,
-        logging_steps=1, save_strategy="no",
-        report_to=[], use_cpu=True, disable_tqdm=True, gradient_checkpointing=False, seed=args.seed,
+        output_dir="/tmp/sayo_region_share",
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        num_generations=8,
+        max_completion_length=8,
+        learning_rate=args.lr,
+        attn_coef=attn_coef,
+        num_iterations=num_iterations,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        seed=args.seed,
         reward_weights=[0.0, 1.0] if control else [1.0],
-    )  # fmt: skip
+    )
     rewards = [RegionAttentionReward(), random_reward] if control else [RegionAttentionReward()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = AttentionGRPOTrainer(model=model, reward_funcs=rewards, args=config, processing_class=processor,
-                                       train_dataset=make_grounding_dataset(256, seed=args.seed))  # fmt: skip
+        trainer = AttentionGRPOTrainer(
+            model=model,
+            reward_funcs=rewards,
+            args=config,
+            processing_class=processor,
+            train_dataset=make_grounding_dataset(256, seed=args.seed),
+        )
         trainer.train()
     return [h["sayo/region_share"] for h in trainer.state.log_history if "sayo/region_share" in h]
 

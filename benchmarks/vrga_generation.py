@@ -30,8 +30,13 @@ from trl_attention.vrga import VRGAConfig, enable_vrga
 
 
 def build(args):
-    text = {"hidden_size": args.hidden, "intermediate_size": args.mlp, "num_hidden_layers": args.layers,
-            "num_attention_heads": args.heads, "num_key_value_heads": args.kv_heads}  # fmt: skip
+    text = {
+        "hidden_size": args.hidden,
+        "intermediate_size": args.mlp,
+        "num_hidden_layers": args.layers,
+        "num_attention_heads": args.heads,
+        "num_key_value_heads": args.kv_heads,
+    }
     model, _ = build_tiny_vlm(seed=0, **text)
     processor = build_processor(max_pixels=args.image_size**2)
     rows = make_grounding_dataset(args.batch, seed=0, image_size=args.image_size)
@@ -93,9 +98,11 @@ def main(argv=None):
     tokens = args.batch * args.new_tokens
     prompt = inputs["input_ids"].shape[1]
     images = int((inputs["input_ids"][0] == sdpa.config.image_token_id).sum())
-    print(f"device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, prompt {prompt} tokens "
-          f"({images} visual per image), {args.new_tokens} new tokens, {args.layers} layers, hidden {args.hidden}, "
-          f"heads {args.heads}/{args.kv_heads}, gamma {args.gamma}, median of {args.repeats}")  # fmt: skip
+    print(
+        f"device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, prompt {prompt} tokens "
+        f"({images} visual per image), {args.new_tokens} new tokens, {args.layers} layers, hidden {args.hidden}, "
+        f"heads {args.heads}/{args.kv_heads}, gamma {args.gamma}, median of {args.repeats}"
+    )
     base = statistics.median(times["plain"])
     print(f"{'mode':<10}{'seconds':>10}{'tokens/s':>11}{'vs plain':>10}")
     for name in modes:

@@ -22,25 +22,47 @@ import sys
 
 import torch
 
-from trl_attention.cli_config import recipe_defaults, train_and_save
-from trl_attention.cli_gkd import build_gkd_trainer, parse_args
+from trl_attention.cli.gkd import build_gkd_trainer, parse_args
+from trl_attention.cli.training import recipe_defaults, train_and_save
 
 RECIPE = {
-    "model_name_or_path": "Qwen/Qwen2.5-VL-7B-Instruct", "dtype": "bfloat16", "bf16": True,
+    "model_name_or_path": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "dtype": "bfloat16",
+    "bf16": True,
     "teacher_model_name_or_path": "Qwen/Qwen2.5-VL-32B-Instruct",  # same tokenizer as the student
     "teacher_model_init_kwargs": {"dtype": "bfloat16", "attn_implementation": "sdpa"},
-    "dataset_name": "lmms-lab/multimodal-open-r1-8k-verified", "prompt_format": "reasoning",
-    "lmbda": 1.0, "beta": 0.5, "attn_distill_coef": 0.5, "gkd_coef": 1.0, "learning_rate": 1e-6,
-    "max_new_tokens": 256, "temperature": 0.9, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 8,
-    "max_length": 4096, "freeze_vision_tower": True, "gradient_checkpointing": True,
-    "gradient_checkpointing_kwargs": {"use_reentrant": False}, "logging_steps": 1, "save_steps": 200,
-}  # fmt: skip
+    "dataset_name": "lmms-lab/multimodal-open-r1-8k-verified",
+    "prompt_format": "reasoning",
+    "lmbda": 1.0,
+    "beta": 0.5,
+    "attn_distill_coef": 0.5,
+    "gkd_coef": 1.0,
+    "learning_rate": 1e-6,
+    "max_new_tokens": 256,
+    "temperature": 0.9,
+    "per_device_train_batch_size": 1,
+    "gradient_accumulation_steps": 8,
+    "max_length": 4096,
+    "freeze_vision_tower": True,
+    "gradient_checkpointing": True,
+    "gradient_checkpointing_kwargs": {"use_reentrant": False},
+    "logging_steps": 1,
+    "save_steps": 200,
+}
 # --tiny: the embedded student and a deeper, wider tiny teacher with another head count, sized for a CPU.
 TINY = {
-    "num_samples": 32, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_new_tokens": 8,
-    "max_steps": 20, "report_to": ["none"], "save_strategy": "no", "dtype": None, "learning_rate": 1e-4,
-    "bf16": torch.cuda.is_available(), "use_cpu": not torch.cuda.is_available(),
-}  # fmt: skip
+    "num_samples": 32,
+    "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "max_new_tokens": 8,
+    "max_steps": 20,
+    "report_to": ["none"],
+    "save_strategy": "no",
+    "dtype": None,
+    "learning_rate": 1e-4,
+    "bf16": torch.cuda.is_available(),
+    "use_cpu": not torch.cuda.is_available(),
+}
 
 
 def parse(argv, **overrides):

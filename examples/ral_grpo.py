@@ -20,27 +20,53 @@ import sys
 
 import torch
 
-from trl_attention.cli_config import recipe_defaults, train_and_save
-from trl_attention.cli_grpo import build_grpo_trainer, parse_args
+from trl_attention.cli.grpo import build_grpo_trainer, parse_args
+from trl_attention.cli.training import recipe_defaults, train_and_save
 
 RECIPE = {
-    "model_name_or_path": "Qwen/Qwen2.5-VL-7B-Instruct", "dtype": "bfloat16", "bf16": True,
+    "model_name_or_path": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "dtype": "bfloat16",
+    "bf16": True,
     "dataset_name": "lmms-lab/multimodal-open-r1-8k-verified",  # image, problem, solution
-    "prompt_format": "reasoning", "rewards": ["accuracy", "format"], "reward_weights": [0.9, 0.1],
-    "freeze_vision_tower": True, "attn_coef": 1.0, "num_iterations": 2, "num_generations": 8,
-    "per_device_train_batch_size": 8, "temperature": 0.9, "learning_rate": 1e-5, "beta": 0.04,
-    "max_completion_length": 768, "gradient_checkpointing": True, "logging_steps": 1, "log_completions": True,
-    "heatmap_every": 50, "report_to": ["tensorboard"], "save_steps": 200,
-}  # fmt: skip
+    "prompt_format": "reasoning",
+    "rewards": ["accuracy", "format"],
+    "reward_weights": [0.9, 0.1],
+    "freeze_vision_tower": True,
+    "attn_coef": 1.0,
+    "num_iterations": 2,
+    "num_generations": 8,
+    "per_device_train_batch_size": 8,
+    "temperature": 0.9,
+    "learning_rate": 1e-5,
+    "beta": 0.04,
+    "max_completion_length": 768,
+    "gradient_checkpointing": True,
+    "logging_steps": 1,
+    "log_completions": True,
+    "heatmap_every": 50,
+    "report_to": ["tensorboard"],
+    "save_steps": 200,
+}
 # --tiny: the embedded model and synthetic data, sized for a CPU. A random tiny model never gets the accuracy or
 # format reward, so a dense shaping reward (char_overlap with the answer word) is added: otherwise every advantage,
 # and with it every gradient and RAL's term, would be 0.
 TINY = {
-    "num_samples": 32, "num_generations": 4, "per_device_train_batch_size": 4, "max_completion_length": 16,
-    "learning_rate": 3e-3, "max_steps": 20, "heatmap_every": 0, "report_to": ["none"], "log_completions": False,
-    "save_strategy": "no", "dtype": None, "bf16": torch.cuda.is_available(), "use_cpu": not torch.cuda.is_available(),
-    "rewards": ["accuracy", "format", "char_overlap"], "reward_weights": [0.9, 0.1, 0.5],
-}  # fmt: skip
+    "num_samples": 32,
+    "num_generations": 4,
+    "per_device_train_batch_size": 4,
+    "max_completion_length": 16,
+    "learning_rate": 3e-3,
+    "max_steps": 20,
+    "heatmap_every": 0,
+    "report_to": ["none"],
+    "log_completions": False,
+    "save_strategy": "no",
+    "dtype": None,
+    "bf16": torch.cuda.is_available(),
+    "use_cpu": not torch.cuda.is_available(),
+    "rewards": ["accuracy", "format", "char_overlap"],
+    "reward_weights": [0.9, 0.1, 0.5],
+}
 
 
 def main(argv=None, **overrides):

@@ -14,9 +14,11 @@ from ral_grpo import main as ral_main  # examples/ is on sys.path when this file
 
 ZERO = {
     "prompt_format": "answer",  # "<answer>...</answer>" only; the format reward follows the prompt format
-    "dataset_name": "HuggingFaceM4/ChartQA", "question_column": "query", "answer_column": "label",  # [answer]
+    "dataset_name": "HuggingFaceM4/ChartQA",
+    "question_column": "query",
+    "answer_column": "label",  # [answer]
     "max_completion_length": 64,
-}  # fmt: skip
+}
 
 
 def main(argv=None):

@@ -20,12 +20,18 @@ from dataclasses import dataclass, field
 from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser
 
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
-from trl_attention.rewards import RegionAttentionReward, accuracy_reward, format_reward
+from trl_attention.rewards import accuracy_reward
+from trl_attention.sayo import RegionAttentionReward, format_reward
 
 RECIPE = dict(
-    learning_rate=5e-6, beta=0.001, num_generations=16, temperature=1.0, top_p=0.9, max_completion_length=110,
+    learning_rate=5e-6,
+    beta=0.001,
+    num_generations=16,
+    temperature=1.0,
+    top_p=0.9,
+    max_completion_length=110,
     attn_coef=0.0,  # SAYO is a reward; add RAL's term with --attn_coef and --num_iterations 2
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -55,13 +61,20 @@ def build(script_args, training_args):
     if script_args.lora_r:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha,
-                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])  # fmt: skip
+        peft_config = LoraConfig(
+            r=script_args.lora_r,
+            lora_alpha=script_args.lora_alpha,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        )
     training_args.reward_weights = [float(w) for w in script_args.reward_weights_sayo.split(",")]
     return AttentionGRPOTrainer(
-        model=model, reward_funcs=[RegionAttentionReward(), format_reward, accuracy_reward], args=training_args,
-        train_dataset=dataset, processing_class=processor, peft_config=peft_config,
-    )  # fmt: skip
+        model=model,
+        reward_funcs=[RegionAttentionReward(), format_reward, accuracy_reward],
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+    )
 
 
 def parse(argv=None):

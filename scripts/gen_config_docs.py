@@ -27,25 +27,42 @@ def _sections():
     from trl import GRPOConfig
     from trl.experimental.gkd import GKDConfig
 
-    from trl_attention.cli_gkd import GKDScriptArguments
-    from trl_attention.cli_grpo import GRPOScriptArguments
+    from trl_attention.cli.gkd import GKDScriptArguments
+    from trl_attention.cli.grpo import GRPOScriptArguments
     from trl_attention.demo import DemoConfig
-    from trl_attention.gkd import AttentionGKDConfig
+    from trl_attention.distill import AttentionGKDConfig
     from trl_attention.ral import AttentionGRPOConfig
     from trl_attention.vrga import VRGAConfig
 
     return [
-        ("AttentionGRPOConfig", "RAL (`AttentionGRPOTrainer`, `trl-attention grpo`): the fields added to TRL's "
-         "`GRPOConfig`.", AttentionGRPOConfig, GRPOConfig),
-        ("AttentionGKDConfig", "Attention distillation (`AttentionGKDTrainer`, `trl-attention gkd`): the fields added "
-         "to TRL's `GKDConfig`.", AttentionGKDConfig, GKDConfig),
-        ("GRPOScriptArguments", "Data, rewards and run options of `trl-attention grpo` and the RAL example scripts.",
-         GRPOScriptArguments, None),
-        ("GKDScriptArguments", "Data and run options of `trl-attention gkd` (the teacher is `GKDConfig`'s "
-         "`teacher_model_name_or_path`).", GKDScriptArguments, None),
+        (
+            "AttentionGRPOConfig",
+            "RAL (`AttentionGRPOTrainer`, `trl-attention grpo`): the fields added to TRL's `GRPOConfig`.",
+            AttentionGRPOConfig,
+            GRPOConfig,
+        ),
+        (
+            "AttentionGKDConfig",
+            "Attention distillation (`AttentionGKDTrainer`, `trl-attention gkd`): the fields added "
+            "to TRL's `GKDConfig`.",
+            AttentionGKDConfig,
+            GKDConfig,
+        ),
+        (
+            "GRPOScriptArguments",
+            "Data, rewards and run options of `trl-attention grpo` and the RAL example scripts.",
+            GRPOScriptArguments,
+            None,
+        ),
+        (
+            "GKDScriptArguments",
+            "Data and run options of `trl-attention gkd` (the teacher is `GKDConfig`'s `teacher_model_name_or_path`).",
+            GKDScriptArguments,
+            None,
+        ),
         ("VRGAConfig", "VRGA (`trl_attention.vrga.enable_vrga`, `trl-attention vrga`).", VRGAConfig, None),
         ("DemoConfig", "`trl-attention demo`.", DemoConfig, None),
-    ]  # fmt: skip
+    ]
 
 
 def _type_name(kind) -> str:
@@ -83,8 +100,10 @@ def render() -> str:
             help_text = field.metadata.get("help")
             if not help_text:
                 raise ValueError(f"{title}.{field.name} has no help text")
-            lines.append(f"| `{field.name}` | `{_cell(_type_name(hints[field.name]))}` | `{_cell(_default(field))}` | "
-                         f"{_cell(help_text)} |")  # fmt: skip
+            lines.append(
+                f"| `{field.name}` | `{_cell(_type_name(hints[field.name]))}` | `{_cell(_default(field))}` | "
+                f"{_cell(help_text)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

@@ -1,29 +1,36 @@
-"""trl_attention: train and steer multimodal LLMs on where they look, as drop-in TRL trainers and tools."""
+"""trl_attention: train and steer multimodal LLMs on where they look, as drop-in TRL trainers and tools.
+
+One package per method: `ral` (AttentionGRPOTrainer), `sayo` (region attention reward), `distill`
+(AttentionGKDTrainer and the GRPO teacher terms), `vrga` (training-free visual head reweighting), all on the one
+capture mechanism in `capture` (+ kernels in `ops`). Names below are imported on first use, so
+`import trl_attention` does not import TRL or transformers.
+"""
 
 __version__ = "0.1.0"
 
-from .capture import AttentionCapture, CaptureError, capture_attention, find_decoder_layers
-from .gkd import AttentionGKDConfig, AttentionGKDTrainer
-from .losses import attention_entropy, attention_policy, jsd
-from .ral import AttentionGRPOConfig, AttentionGRPOTrainer
-from .regions import region_token_indices
-from .rewards import CompletionAttention, RegionAttentionReward, attention_reward, region_attention_score
+from ._lazy import lazy_exports
 
-__all__ = [
-    "AttentionCapture",
-    "AttentionGKDConfig",
-    "AttentionGKDTrainer",
-    "AttentionGRPOConfig",
-    "AttentionGRPOTrainer",
-    "CaptureError",
-    "CompletionAttention",
-    "RegionAttentionReward",
-    "attention_entropy",
-    "attention_policy",
-    "attention_reward",
-    "capture_attention",
-    "find_decoder_layers",
-    "jsd",
-    "region_attention_score",
-    "region_token_indices",
-]
+_EXPORTS = {
+    "AttentionCapture": ".capture",
+    "AttentionGKDConfig": ".distill",
+    "AttentionGKDTrainer": ".distill",
+    "AttentionGRPOConfig": ".ral",
+    "AttentionGRPOTrainer": ".ral",
+    "CaptureError": ".capture",
+    "CompletionAttention": ".sayo",
+    "RegionAttentionReward": ".sayo",
+    "VRGAConfig": ".vrga",
+    "attention_entropy": ".losses",
+    "attention_policy": ".losses",
+    "attention_reward": ".sayo",
+    "capture_attention": ".capture",
+    "enable_vrga": ".vrga",
+    "find_decoder_layers": ".capture",
+    "jsd": ".losses",
+    "region_attention_score": ".sayo",
+    "region_token_indices": ".sayo",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+from . import _compat  # noqa: E402, F401  (old module paths, e.g. trl_attention.gkd, keep importing)

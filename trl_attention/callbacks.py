@@ -48,8 +48,17 @@ class AttentionHeatmapCallback(TrainerCallback):
         max_new_tokens: length of the greedy completion generated for `examples`.
     """
 
-    def __init__(self, trainer, examples=None, every_n_steps: int | None = None, tokens="mean", num_samples: int = 2,
-                 layer: int | None = None, max_new_tokens: int = 16, alpha: float = 0.55):  # fmt: skip
+    def __init__(
+        self,
+        trainer,
+        examples=None,
+        every_n_steps: int | None = None,
+        tokens="mean",
+        num_samples: int = 2,
+        layer: int | None = None,
+        max_new_tokens: int = 16,
+        alpha: float = 0.55,
+    ):
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         if num_samples < 1:

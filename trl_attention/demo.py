@@ -16,10 +16,8 @@ it is advantage-weighted). `char_overlap` is a dense shaped reward that varies w
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +26,10 @@ from transformers import ProgressCallback
 
 from .plotting import attention_heatmap, plot_metrics
 from .ral import AttentionGRPOConfig, AttentionGRPOTrainer
-from .rewards import completion_text
+from .rewards import char_overlap, exact_answer
 from .tiny import build_tiny_vlm, make_grounding_dataset
 
-__all__ = ["REWARD_WEIGHTS", "DemoConfig", "char_overlap", "exact_answer", "run_demo"]
+__all__ = ["REWARD_WEIGHTS", "DemoConfig", "run_demo"]
 
 
 @dataclass
@@ -73,29 +71,6 @@ class DemoConfig:
 # ------------------------------------------------------------------------------------------------ rewards
 
 REWARD_WEIGHTS = (1.0, 0.5)  # exact_answer, char_overlap
-
-
-def exact_answer(completions, answer, **kwargs) -> list[float]:
-    """1.0 if the completion's first word (letters only, case-insensitive) is the answer word, else 0.0."""
-    rewards = []
-    for completion, target in zip(completions, answer):
-        words = re.findall(r"[a-z]+", completion_text(completion).lower())
-        rewards.append(1.0 if words[:1] == [target.lower()] else 0.0)
-    return rewards
-
-
-def char_overlap(completions, answer, **kwargs) -> list[float]:
-    """Dense shaping in [0, 1]: length of the longest common substring of the answer word and the completion
-    (case-insensitive), divided by the answer's length. "gre" for "green" scores 0.6; containing the answer scores 1.
-    """
-    rewards = []
-    for completion, target in zip(completions, answer):
-        text, target = completion_text(completion).lower(), target.lower()
-        match = difflib.SequenceMatcher(None, target, text, autojunk=False).find_longest_match(
-            0, len(target), 0, len(text)
-        )
-        rewards.append(match.size / max(len(target), 1))
-    return rewards
 
 
 # ------------------------------------------------------------------------------------------------ the run

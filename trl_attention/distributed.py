@@ -11,10 +11,8 @@ multi-GPU launch (minutes after start, on every rank) into one ValueError that s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from torch import nn
@@ -195,9 +193,13 @@ def check_teacher_fits(
 
 
 def check_distributed_setup(
-    args, model: nn.Module | None = None, teacher: nn.Module | None = None, world_size: int | None = None,
-    device_memory: int | None = None, reserved: int = 0,
-) -> None:  # fmt: skip
+    args,
+    model: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+    world_size: int | None = None,
+    device_memory: int | None = None,
+    reserved: int = 0,
+) -> None:
     """All pre-flight checks that apply: batch sizes; the capture layer (ZeRO-3, once the model is prepared);
     the teacher's size (`device_memory` defaults to the current CUDA device's, skipped without one)."""
     world = _world_size(world_size)
@@ -230,26 +232,3 @@ class DistributedChecksCallback(TrainerCallback):
         teacher = getattr(trainer, "teacher_model", None) or getattr(trainer, "ref_model", None)
         world = trainer.accelerator.num_processes
         check_distributed_setup(args, model or trainer.model, teacher, world, self.device_memory)
-
-
-# -- CLI: `trl-attention configs` ---------------------------------------------------------------------------------
-def register(commands) -> callable:
-    """The `configs` subcommand of `trl-attention`: where the shipped configs are installed."""
-    help_text = "Print the paths of the shipped DeepSpeed ZeRO JSONs and accelerate YAMLs."
-    parser = commands.add_parser("configs", help=help_text, description=help_text)
-    parser.add_argument("--path", metavar="NAME", help="print only this config's path (zero3, accelerate/zero3.yaml)")
-    _configs.command = "configs"
-    return _configs
-
-
-def _configs(args: argparse.Namespace) -> int:
-    if args.path:
-        try:
-            print(config_path(args.path))
-        except ValueError as error:
-            print(f"trl-attention configs: error: {error}", file=sys.stderr)
-            return 2
-        return 0
-    for name, path in list_configs().items():
-        print(f"{name:<32} {path}")
-    return 0

@@ -23,13 +23,20 @@ from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from .capture import capture_attention, unwrap_model
-from .regions import visual_token_positions
+from .capture import capture_attention, spatial_merge_size, unwrap_model
+from .sayo.regions import visual_token_positions
 
 __all__ = [
-    "METRICS", "ImageAttention", "attention_heatmap", "capture_image_attention", "overlay_heatmap", "plot_heatmap",
-    "plot_metrics", "select_tokens", "token_grid",
-]  # fmt: skip
+    "METRICS",
+    "ImageAttention",
+    "attention_heatmap",
+    "capture_image_attention",
+    "overlay_heatmap",
+    "plot_heatmap",
+    "plot_metrics",
+    "select_tokens",
+    "token_grid",
+]
 
 # (log key, subplot title)
 METRICS = (
@@ -170,8 +177,14 @@ def select_tokens(grids: np.ndarray, tokens=None) -> np.ndarray:
     raise ValueError(f"tokens must be None, 'mean', an int or a (start, stop) span, got {tokens!r}")
 
 
-def overlay_heatmap(image: Image.Image, grid: np.ndarray, alpha: float = 0.55, cmap: str = "inferno",
-                    resample: str = "nearest", vmax: float | None = None) -> Image.Image:  # fmt: skip
+def overlay_heatmap(
+    image: Image.Image,
+    grid: np.ndarray,
+    alpha: float = 0.55,
+    cmap: str = "inferno",
+    resample: str = "nearest",
+    vmax: float | None = None,
+) -> Image.Image:
     """The image with `grid` (rows, cols) upsampled to its size and alpha-blended on top, as an RGB PIL image of
     the image's size. Colours scale 0..vmax (default the grid's max); "nearest" keeps one flat cell per token
     rather than suggesting finer resolution than exists, "bilinear" smooths."""
@@ -192,15 +205,10 @@ def overlay_heatmap(image: Image.Image, grid: np.ndarray, alpha: float = 0.55, c
     return Image.fromarray(np.round(blended * 255).astype(np.uint8), mode="RGB")
 
 
-def _merge_size(model, processor) -> int:
-    config = unwrap_model(model).config
-    merge = getattr(getattr(config, "vision_config", None), "spatial_merge_size", None)
-    return int(merge or getattr(getattr(processor, "image_processor", None), "merge_size", 2))
-
-
 @torch.no_grad()
-def capture_image_attention(model, processor, prompt, image, completion: str | None = None, layer: int = -1,
-                            image_index: int = 0) -> ImageAttention:  # fmt: skip
+def capture_image_attention(
+    model, processor, prompt, image, completion: str | None = None, layer: int = -1, image_index: int = 0
+) -> ImageAttention:
     """Run the model once on the chat-templated `prompt` (+ `completion` text) and return decoder `layer`'s
     head-averaged attention over the visual tokens of image `image_index`.
 
@@ -237,7 +245,7 @@ def capture_image_attention(model, processor, prompt, image, completion: str | N
     if not ids:
         rows = rows[-1:]  # the last prompt token
     config = unwrap_model(model).config
-    merge = _merge_size(model, processor)
+    merge = spatial_merge_size(model, processor)
     grids_thw = inputs["image_grid_thw"].tolist()
     blocks = visual_token_positions(inputs["input_ids"][0], config.image_token_id, grids_thw, merge)
     if blocks is None or not 0 <= image_index < len(blocks):
@@ -256,8 +264,9 @@ def _box_mass(grid: np.ndarray, box, size) -> float:
     return float((grid * np.outer(cy / cell_h, cx / cell_w)).sum())
 
 
-def plot_heatmap(image: Image.Image, grid: np.ndarray, path, title: str = "", box=None,
-                 label: str = "attention") -> str:  # fmt: skip
+def plot_heatmap(
+    image: Image.Image, grid: np.ndarray, path, title: str = "", box=None, label: str = "attention"
+) -> str:
     """Write a PNG of `overlay_heatmap(image, grid)` with a colour bar and, when given, the box (dashed)."""
     width, height = image.size
     fig, ax = plt.subplots(figsize=(5.5, 5))

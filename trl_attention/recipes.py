@@ -7,41 +7,37 @@ Prompt formats (RAL, PAPERS.md section 1): "reasoning" asks for `<think>...</thi
 from __future__ import annotations
 
 import importlib
-import re
 
 from datasets import Dataset
 
-from .demo import char_overlap, exact_answer
-from .rewards import RegionAttentionReward, accuracy_reward, completion_text
-from .rewards import format_reward as sayo_format_reward
+from .rewards import (
+    accuracy_reward,
+    answer_format_reward,
+    answer_text,
+    char_overlap,
+    exact_answer,
+    reasoning_format_reward,
+)
+from .sayo.reward import RegionAttentionReward
+from .sayo.reward import format_reward as sayo_format_reward
 from .tiny import make_grounding_dataset
 
 __all__ = [
-    "PROMPT_FORMATS", "REWARDS", "answer_format_reward", "load_model_and_processor", "prepare_dataset",
-    "reasoning_format_reward", "resolve_rewards", "synthetic_vqa",
-]  # fmt: skip
+    "PROMPT_FORMATS",
+    "REWARDS",
+    "prepare_dataset",
+    "resolve_rewards",
+    "synthetic_vqa",
+]
 
 PROMPT_FORMATS = {
     "reasoning": " Think step by step inside <think></think>, then give the final answer inside <answer></answer>.",
     "answer": " Give only the final answer inside <answer></answer>.",
     "none": "",
 }
-_REASONING = re.compile(r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
-_ANSWER_ONLY = re.compile(r"^\s*<answer>.+?</answer>\s*$", re.DOTALL)
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # Column names tried, in order, when the dataset does not say (public VQA / reasoning datasets).
 _QUESTION_COLUMNS = ("problem", "question", "query")
 _ANSWER_COLUMNS = ("solution", "answer", "label", "answers")
-
-
-def reasoning_format_reward(completions, **kwargs) -> list[float]:
-    """1.0 for exactly `<think>...</think><answer>...</answer>` (RAL's reasoning format), else 0.0."""
-    return [float(bool(_REASONING.match(completion_text(c)))) for c in completions]
-
-
-def answer_format_reward(completions, **kwargs) -> list[float]:
-    """1.0 for exactly `<answer>...</answer>` (RAL-zero's answer-only format), else 0.0."""
-    return [float(bool(_ANSWER_ONLY.match(completion_text(c)))) for c in completions]
 
 
 REWARDS = {
@@ -87,16 +83,13 @@ def _pick(columns, given, candidates, what):
     return found
 
 
-def _answer_text(value) -> str:
-    """The reference answer: the first of a list (ChartQA's `label`), the <answer> tag's content if tagged."""
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else ""
-    match = _ANSWER_TAG.search(str(value))
-    return (match.group(1) if match else str(value)).strip()
-
-
-def prepare_dataset(dataset: Dataset, prompt_format: str = "answer", question_column: str | None = None,
-                    answer_column: str | None = None, image_column: str | None = None) -> Dataset:  # fmt: skip
+def prepare_dataset(
+    dataset: Dataset,
+    prompt_format: str = "answer",
+    question_column: str | None = None,
+    answer_column: str | None = None,
+    image_column: str | None = None,
+) -> Dataset:
     """A VQA-style dataset as TRL conversational prompts: `prompt` (one image part per image, the question plus the
     format instruction), `image`/`images` and `solution` (the bare answer). Rows that already have a `prompt` keep it
     (then only `solution` is derived). Columns are guessed (question: problem/question/query; answer:
@@ -106,7 +99,7 @@ def prepare_dataset(dataset: Dataset, prompt_format: str = "answer", question_co
     columns = set(dataset.column_names)
     answer = _pick(columns, answer_column, _ANSWER_COLUMNS, "answer")
     if "prompt" in columns and question_column is None:
-        return dataset.map(lambda row: {"solution": _answer_text(row[answer])})
+        return dataset.map(lambda row: {"solution": answer_text(row[answer])})
     question = _pick(columns, question_column, _QUESTION_COLUMNS, "question")
     image = _pick(columns, image_column, ("image", "images"), "image")
     suffix = PROMPT_FORMATS[prompt_format]
@@ -114,7 +107,7 @@ def prepare_dataset(dataset: Dataset, prompt_format: str = "answer", question_co
     def convert(row):
         count = len(row[image]) if isinstance(row[image], list) else 1
         content = [{"type": "image"}] * count + [{"type": "text", "text": str(row[question]).strip() + suffix}]
-        return {"prompt": [{"role": "user", "content": content}], "solution": _answer_text(row[answer])}
+        return {"prompt": [{"role": "user", "content": content}], "solution": answer_text(row[answer])}
 
     return dataset.map(convert)
 
@@ -127,15 +120,7 @@ def synthetic_vqa(n: int, seed: int = 0) -> Dataset:
     return data.remove_columns(["prompt", "solution"]).add_column("question", questions)
 
 
-def load_model_and_processor(name: str, dtype: str | None = None, attn_implementation: str | None = None,
-                             revision: str | None = None):  # fmt: skip
-    """A VLM (or a causal LM) and its processor (or tokenizer), left-padded for generation; `sdpa` by default
-    because flash-attention cannot be captured."""
-    from transformers import AutoProcessor, AutoTokenizer
+def __getattr__(name: str):  # load_model_and_processor moved to trl_attention.loading
+    from ._compat import moved_names
 
-    from .distill import load_pretrained
-
-    kwargs = {"dtype": dtype or "auto", "attn_implementation": attn_implementation or "sdpa", "revision": revision}
-    model = load_pretrained(name, **kwargs)
-    loader = AutoProcessor if getattr(model.config, "vision_config", None) is not None else AutoTokenizer
-    return model, loader.from_pretrained(name, padding_side="left", revision=revision)
+    return moved_names(__name__)(name)

@@ -1,180 +1,29 @@
-"""Rewards that read the policy's attention (SAYO, PAPERS.md section 2) and the reference recipe's text rewards.
+"""Rule-based text rewards shared by the recipes, the CLI (`--rewards` names) and the demo.
 
-A reward function opts in to the policy's attention by carrying `requires_attention = True` (the
-`attention_reward` decorator, or subclassing `AttentionReward`). `AttentionGRPOTrainer` then passes it
-`attention=[CompletionAttention | None, ...]`, one per completion, computed inside the no-grad scoring forward
-(shared with RAL's p_old capture), once per generation batch whatever the number of such rewards.
+Completions come in either TRL format (a string, or a conversation ending in the assistant message);
+`completion_text` reads both. SAYO's attention reward and its format reward live in `trl_attention.sayo`.
 """
 
 from __future__ import annotations
 
-import math
+import difflib
 import re
 import string
-from dataclasses import dataclass
-
-import torch
-
-from .regions import clip_box, region_token_indices
 
 __all__ = [
-    "AttentionReward",
-    "CompletionAttention",
-    "RegionAttentionReward",
+    "ANSWER_TAG",
     "accuracy_reward",
-    "attention_reward",
+    "answer_format_reward",
+    "answer_text",
+    "char_overlap",
     "completion_text",
-    "format_reward",
-    "make_format_reward",
-    "region_attention_score",
-]  # fmt: skip
+    "exact_answer",
+    "reasoning_format_reward",
+]
 
-
-@dataclass
-class CompletionAttention:
-    """The policy's attention for one completion, no gradient. Positions index the completion's own sequence: the
-    prompt without padding followed by the completion without padding (length L = prompt_length + n)."""
-
-    rows: torch.Tensor  # (n, L): final-layer head-averaged attention of the n completion tokens over all L positions
-    image_positions: list | None  # per image, its visual-token positions (row-major, frame-major); None: truncated
-    image_grids: list  # per image, (t, h, w) in patches
-    entropies: torch.Tensor | None  # (n,): policy entropy of each completion token at the sampling temperature
-    merge_size: int
-    prompt_length: int
-
-
-class AttentionReward:
-    """Base class for reward callables that receive `attention=`; subclasses implement `__call__`."""
-
-    requires_attention = True
-    __name__ = "attention_reward"
-
-    def validate(self, dataset) -> None:
-        """Called by the trainer on its datasets before training; raise on unusable rows."""
-
-
-def attention_reward(func):
-    """Decorator marking a reward function as needing `attention=` (see module docstring)."""
-    func.requires_attention = True
-    return func
-
-
-def region_attention_score(attn, region_mask, image_mask, token_mask=None, variant: str = "tanh", eps: float = 1e-8):
-    """SAYO score of one completion: tanh(log((a + eps) / (v + eps))) in (-1, 1), or (1 + that) / 2 for
-    variant="sigmoid" (the paper's (0, 1) form).
-
-    attn: (C, T) attention rows; region_mask, image_mask: bool over T; token_mask: bool over C (None = all rows).
-    a / v = mean attention over (selected rows x region columns) / (selected rows x image columns).
-    """
-    if variant not in ("tanh", "sigmoid"):
-        raise ValueError(f"variant must be 'tanh' or 'sigmoid', got {variant!r}")
-    region_mask, image_mask = region_mask.bool(), image_mask.bool()
-    if not region_mask.any() or not image_mask.any():
-        raise ValueError("region_mask and image_mask must each select at least one position")
-    if (region_mask & ~image_mask).any():
-        raise ValueError("region_mask selects positions outside image_mask")
-    rows = attn if token_mask is None else attn[token_mask.bool()]
-    if rows.shape[0] == 0:
-        raise ValueError("token_mask selects no completion token")
-    inside = rows[:, region_mask].double().mean()
-    overall = rows[:, image_mask].double().mean()
-    score = torch.tanh(torch.log((inside + eps) / (overall + eps)))
-    return (score if variant == "tanh" else (1 + score) / 2).to(attn.dtype)
-
-
-def _image_sizes(kwargs, index):
-    images = kwargs.get("images")
-    images = images[index] if images is not None else [kwargs["image"][index]] if "image" in kwargs else None
-    if images is None:
-        raise ValueError("RegionAttentionReward needs the dataset's `image` or `images` column for image sizes")
-    return [image.size for image in images]
-
-
-class RegionAttentionReward(AttentionReward):
-    """SAYO's region attention reward: one score per completion from the attention of its highest-entropy tokens
-    on the ground-truth boxes relative to the whole image (`region_attention_score`).
-
-    Dataset: `boxes` column (per image, a list of (x1, y1, x2, y2) boxes; pixels unless `normalized_boxes`), and
-    `image` or `images` (for the original sizes). Returns None (TRL skips it) for a row without boxes, and for a
-    completion whose image tokens were truncated away; both are counted in logged metrics, as are clipped boxes.
-    """
-
-    __name__ = "region_attention"
-
-    def __init__(self, boxes_column="boxes", top_entropy_fraction=0.3, variant="tanh", min_overlap=0.0,
-                 normalized_boxes=False):  # fmt: skip
-        if not 0.0 < top_entropy_fraction <= 1.0:
-            raise ValueError(f"top_entropy_fraction must be in (0, 1], got {top_entropy_fraction}")
-        self.boxes_column, self.top_entropy_fraction, self.variant = boxes_column, top_entropy_fraction, variant
-        self.min_overlap, self.normalized_boxes = min_overlap, normalized_boxes
-
-    def validate(self, dataset) -> None:
-        """Fail before training on boxes that are inverted, empty or entirely outside their image, naming the row."""
-        if dataset is None or self.boxes_column not in getattr(dataset, "column_names", []):
-            raise ValueError(f"RegionAttentionReward: the training dataset has no `{self.boxes_column}` column")
-        for index, row in enumerate(dataset):
-            per_image = row[self.boxes_column] or []
-            sizes = _image_sizes({k: [v] for k, v in row.items()}, 0)
-            if len(per_image) > len(sizes):
-                raise ValueError(f"row {index}: {len(per_image)} box lists for {len(sizes)} images")
-            for boxes, size in zip(per_image, sizes):
-                for box in boxes or []:
-                    try:
-                        clip_box(box, size, self.normalized_boxes)
-                    except ValueError as error:
-                        raise ValueError(f"row {index}, column `{self.boxes_column}`: {error}") from None
-
-    def select_tokens(self, entropies: torch.Tensor) -> torch.Tensor:
-        """Bool mask of the top `top_entropy_fraction` completion tokens by entropy (at least one)."""
-        count = max(1, math.ceil(self.top_entropy_fraction * entropies.numel()))
-        mask = torch.zeros(entropies.numel(), dtype=torch.bool)
-        mask[torch.topk(entropies.float(), count).indices] = True
-        return mask
-
-    def __call__(self, completions, attention=None, **kwargs):
-        if attention is None:
-            raise RuntimeError(
-                "RegionAttentionReward needs the policy's attention: train with trl_attention.AttentionGRPOTrainer"
-            )
-        counts = {"no_box": 0, "truncated": 0, "clipped_boxes": 0}
-        scores, shares = [], []
-        for index, item in enumerate(attention):
-            per_image = (kwargs.get(self.boxes_column) or [None] * len(attention))[index] or []
-            if not any(per_image):
-                counts["no_box"] += 1
-                scores.append(None)
-                continue
-            if item is None or item.image_positions is None or item.rows.shape[0] == 0:
-                counts["truncated"] += 1
-                scores.append(None)
-                continue
-            region = torch.zeros(item.rows.shape[1], dtype=torch.bool)
-            image = torch.zeros_like(region)
-            sizes = _image_sizes(kwargs, index)
-            for positions, grid, size, boxes in zip(item.image_positions, item.image_grids, sizes,
-                                                    per_image + [[]] * len(item.image_positions)):  # fmt: skip
-                image[positions] = True
-                for box in boxes or []:
-                    counts["clipped_boxes"] += int(clip_box(box, size, self.normalized_boxes)[1])
-                    cells = region_token_indices(
-                        box, size, grid, item.merge_size, self.min_overlap, self.normalized_boxes
-                    )
-                    region[positions[cells]] = True
-            if not region.any():  # min_overlap can leave a small box without any token
-                counts["no_box"] += 1
-                scores.append(None)
-                continue
-            selected = None if item.entropies is None else self.select_tokens(item.entropies)
-            scores.append(float(region_attention_score(item.rows, region, image, selected, self.variant)))
-            rows = item.rows if selected is None else item.rows[selected]
-            shares.append(float(rows[:, region].sum() / rows[:, image].sum().clamp(min=1e-12)))
-        log_metric = kwargs.get("log_metric")
-        if log_metric is not None:
-            for name, value in counts.items():
-                log_metric(f"sayo/{name}", float(value))
-            if shares:
-                log_metric("sayo/region_share", sum(shares) / len(shares))
-        return scores
+ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_REASONING = re.compile(r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
+_ANSWER_ONLY = re.compile(r"^\s*<answer>.+?</answer>\s*$", re.DOTALL)
 
 
 def completion_text(completion) -> str:
@@ -185,32 +34,6 @@ def completion_text(completion) -> str:
     if isinstance(content, list):
         content = " ".join(part.get("text") or "" for part in content if part.get("type") == "text")
     return content or ""
-
-
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
-
-def make_format_reward(min_tokens: int = 60, max_tokens: int = 100, ramp: float = 0.6):
-    """Format reward of the SAYO code: 1 if an <answer>...</answer> tag is present, times a length ramp that is 1
-    for min_tokens <= n <= max_tokens, max(0, ramp * max_tokens / n) above and max(0, ramp * n / min_tokens) below."""
-
-    def format_reward(completions, completion_ids, **kwargs):
-        rewards = []
-        for completion, ids in zip(completions, completion_ids):
-            n = len(ids)
-            if min_tokens <= n <= max_tokens:
-                length = 1.0
-            elif n > max_tokens:
-                length = max(0.0, ramp * max_tokens / n)
-            else:
-                length = max(0.0, ramp * n / min_tokens)
-            rewards.append(length if _ANSWER.search(completion_text(completion)) else 0.0)
-        return rewards
-
-    return format_reward
-
-
-format_reward = make_format_reward()
 
 
 def _normalise(text: str) -> str:
@@ -227,6 +50,53 @@ def accuracy_reward(completions, solution, **kwargs):
             rewards.append(None)
             continue
         text = completion_text(completion)
-        match = _ANSWER.search(text)
+        match = ANSWER_TAG.search(text)
         rewards.append(float(_normalise(match.group(1) if match else text) == _normalise(str(target))))
     return rewards
+
+
+def reasoning_format_reward(completions, **kwargs) -> list[float]:
+    """1.0 for exactly `<think>...</think><answer>...</answer>` (RAL's reasoning format), else 0.0."""
+    return [float(bool(_REASONING.match(completion_text(c)))) for c in completions]
+
+
+def answer_format_reward(completions, **kwargs) -> list[float]:
+    """1.0 for exactly `<answer>...</answer>` (RAL-zero's answer-only format), else 0.0."""
+    return [float(bool(_ANSWER_ONLY.match(completion_text(c)))) for c in completions]
+
+
+def answer_text(value) -> str:
+    """The reference answer: the first of a list (ChartQA's `label`), the <answer> tag's content if tagged."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else ""
+    match = ANSWER_TAG.search(str(value))
+    return (match.group(1) if match else str(value)).strip()
+
+
+def exact_answer(completions, answer, **kwargs) -> list[float]:
+    """1.0 if the completion's first word (letters only, case-insensitive) is the answer word, else 0.0."""
+    rewards = []
+    for completion, target in zip(completions, answer):
+        words = re.findall(r"[a-z]+", completion_text(completion).lower())
+        rewards.append(1.0 if words[:1] == [target.lower()] else 0.0)
+    return rewards
+
+
+def char_overlap(completions, answer, **kwargs) -> list[float]:
+    """Dense shaping in [0, 1]: length of the longest common substring of the answer word and the completion
+    (case-insensitive), divided by the answer's length. "gre" for "green" scores 0.6; containing the answer scores 1.
+    """
+    rewards = []
+    for completion, target in zip(completions, answer):
+        text, target = completion_text(completion).lower(), target.lower()
+        match = difflib.SequenceMatcher(None, target, text, autojunk=False).find_longest_match(
+            0, len(target), 0, len(text)
+        )
+        rewards.append(match.size / max(len(target), 1))
+    return rewards
+
+
+def __getattr__(name: str):  # SAYO's reward protocol and format reward moved to trl_attention.sayo
+    from ._compat import moved_names
+
+    return moved_names(__name__)(name)

@@ -172,7 +172,7 @@ def resolve_backend(backend: str, device) -> str:
         reason = (
             f"the triton backend needs CUDA tensors (got {device.type}); to run its kernels on CPU set "
             "TRITON_INTERPRET=1 before triton is imported (slow, for tests)"
-        )  # fmt: skip
+        )
     if reason is None:
         return "triton"
     if backend == "triton":
@@ -184,8 +184,9 @@ def resolve_backend(backend: str, device) -> str:
 _warned: set = set()
 
 
-def attention_rows(query, key, attention_mask=None, scaling=None, is_causal=True, num_rows=None, max_heads=None,
-                   backend="auto"):  # fmt: skip
+def attention_rows(
+    query, key, attention_mask=None, scaling=None, is_causal=True, num_rows=None, max_heads=None, backend="auto"
+):
     """Head-averaged post-softmax attention of the last `num_rows` queries: (B, C, T) float32, differentiable.
 
     query: (B, H, Q, D); key: (B, H_kv, T, D) (GQA not repeated). `attention_mask` as in `normalize_mask`.

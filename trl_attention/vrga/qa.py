@@ -14,10 +14,10 @@ __all__ = ["answer_questions", "is_correct", "load_model"]
 
 def load_model(path: str, device: str = "cpu", dtype: str = "auto"):
     """(model, processor) from a local directory, on sdpa attention (VRGA keeps it where it does not act)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from ..loading import load_model_and_processor
 
-    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="sdpa", dtype=dtype)
-    return model.to(device).eval(), AutoProcessor.from_pretrained(path)
+    model, processor = load_model_and_processor(path, dtype, "sdpa")
+    return model.to(device).eval(), processor
 
 
 def _prompt(question: str, num_images: int) -> list:
@@ -25,8 +25,9 @@ def _prompt(question: str, num_images: int) -> list:
 
 
 @torch.no_grad()
-def answer_questions(model, processor, samples, config: VRGAConfig | None = None, max_new_tokens: int = 32,
-                     batch_size: int = 8):  # fmt: skip
+def answer_questions(
+    model, processor, samples, config: VRGAConfig | None = None, max_new_tokens: int = 32, batch_size: int = 8
+):
     """Greedy answers for `samples` = [(images, question)] (images: a PIL image or a list of them), batched with
     left padding. With `config`, VRGA is on. Returns (answers, diagnostics per sample; None entries without VRGA)."""
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -38,8 +39,10 @@ def answer_questions(model, processor, samples, config: VRGAConfig | None = None
             chunk = [
                 (list(im) if isinstance(im, (list, tuple)) else [im], q) for im, q in samples[start:][:batch_size]
             ]
-            texts = [processor.apply_chat_template(_prompt(q, len(im)), add_generation_prompt=True, tokenize=False)
-                     for im, q in chunk]  # fmt: skip
+            texts = [
+                processor.apply_chat_template(_prompt(q, len(im)), add_generation_prompt=True, tokenize=False)
+                for im, q in chunk
+            ]
             images = [image.convert("RGB") for im, _ in chunk for image in im]
             inputs = processor(text=texts, images=images, return_tensors="pt", padding=True).to(device)
             kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False}

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from typing_extensions import Self
 
-from ..capture import AttentionHooks, CaptureError, unwrap_model
+from ..capture import AttentionHooks, CaptureError, spatial_merge_size, unwrap_model
 from ..ops.attention_rows import normalize_mask
-from ..regions import visual_token_positions
+from ..sayo.regions import visual_token_positions
 from .config import VRGAConfig
 from .select import image_statistics, select_focus
 
@@ -117,8 +117,7 @@ class VRGA:
         self.image_token_id = getattr(base.config, "image_token_id", None)
         if self.image_token_id is None:
             raise CaptureError(f"VRGA needs a vision-language model with image tokens; {name} has no image_token_id")
-        vision = getattr(base.config, "vision_config", None)
-        self.merge = getattr(vision, "spatial_merge_size", None)
+        self.merge = spatial_merge_size(base, default=None)
         if self.merge is None:
             raise CaptureError(f"VRGA needs a Qwen-VL-style vision_config.spatial_merge_size; {name} has none")
         # transformers' generate encodes the images before the prefill forward and does not pass image_grid_thw to

@@ -1,0 +1,124 @@
+"""Differentiable per-token attention capture: `capture_attention(model, num_rows=C, layer=-1)`.
+
+Records, through the hooks of `hooks.py`, the head-averaged attention rows of the last C queries of one decoder
+layer with `ops.attention_rows` (fp32 softmax, O(B*C*T) memory, recomputing backward). `backend` picks that kernel:
+"auto" (fused Triton on CUDA when triton imports, else torch), "torch" or "triton".
+
+Why the saved-tensor hooks: under non-reentrant gradient checkpointing the layer is re-run during backward, after
+this context has exited, with the original kernel. Saving the capture's tensors outside the checkpoint's hooks keeps
+the recomputation's saved-tensor sequence identical to a forward without capture, so both paths agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from typing_extensions import Self
+
+from ..ops.attention_rows import attention_rows, resolve_backend
+from .hooks import AttentionHooks
+from .models import CaptureError, find_decoder_layers
+
+__all__ = ["AttentionCapture", "capture_attention"]
+
+
+@dataclass
+class AttentionCapture:
+    """Captured attention rows. Use through `capture_attention(...)`; read `probs` (or `records`) afterwards."""
+
+    model: nn.Module
+    num_rows: int | None = None
+    layer: int = -1
+    max_heads: int | None = None
+    backend: str = "auto"
+    records: list = field(default_factory=list)
+    _hooks: AttentionHooks | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self._hooks = AttentionHooks(self.model, self._observe, layers=[self.layer])
+        self.layer_index = self._hooks.layers[0]
+        weight = next(self._hooks.modules[0].parameters(), None)
+        try:  # fail here, not at the first forward, on a bad or unavailable backend
+            resolve_backend(self.backend, weight.device if weight is not None else "cpu")
+        except (ValueError, RuntimeError) as err:
+            raise CaptureError(f"capture_attention(backend={self.backend!r}): {err}") from err
+
+    # -- context management -------------------------------------------------------------------------------------
+    def __enter__(self) -> Self:
+        if self._hooks._depth == 0:
+            self._check_checkpointing()
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    def _check_checkpointing(self):
+        layer = find_decoder_layers(self.model)[self.layer_index]
+        func = getattr(layer, "_gradient_checkpointing_func", None)
+        reentrant = getattr(func, "keywords", {}).get("use_reentrant", False)
+        if torch.is_grad_enabled() and layer.gradient_checkpointing and layer.training and reentrant:
+            raise CaptureError(
+                "capture_attention needs non-reentrant gradient checkpointing to get gradients (reentrant "
+                "checkpointing runs the layer under no_grad); set gradient_checkpointing_kwargs="
+                "{'use_reentrant': False}."
+            )
+
+    # -- recording ----------------------------------------------------------------------------------------------
+    def _observe(self, layer, module, query, key, value, attention_mask, output, kwargs):
+        self._record(module, query, key, attention_mask, kwargs)
+
+    def _record(self, module, query, key, attention_mask, kwargs):
+        for name in ("softcap", "s_aux", "position_bias"):
+            if kwargs.get(name) is not None:
+                raise CaptureError(
+                    f"capture_attention does not support attention with `{name}` ({type(module).__name__})"
+                )
+        window = kwargs.get("sliding_window")
+        if window is not None and attention_mask is None and key.shape[2] > window:
+            raise CaptureError("capture_attention needs an explicit mask for sliding-window attention")
+        is_causal = kwargs.get("is_causal")
+        is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        # Identity hooks: keep the capture's saved tensors out of any enclosing checkpoint (see module docstring).
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            probs = attention_rows(
+                query,
+                key,
+                attention_mask,
+                kwargs.get("scaling"),
+                is_causal,
+                self.num_rows,
+                self.max_heads,
+                backend=self.backend,
+            )
+        self.records.append(probs)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(B, C, T): all recorded forwards concatenated along the batch (TRL scores a batch in chunks)."""
+        if not self.records:
+            raise CaptureError("no attention was captured: no forward of the language model ran inside the capture")
+        if len(self.records) == 1:
+            return self.records[0]
+        shapes = {tuple(r.shape[1:]) for r in self.records}
+        if len(shapes) > 1:
+            raise CaptureError(f"captured forwards have different row/key sizes {sorted(shapes)}; read `records`")
+        return torch.cat(self.records, dim=0)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+
+def capture_attention(
+    model: nn.Module, num_rows: int | None = None, layer: int = -1, max_heads: int | None = None, backend: str = "auto"
+):
+    """Context manager capturing the head-averaged attention of the last `num_rows` queries of decoder `layer`.
+
+    Every forward of the language model inside the block appends one (B, C, T) fp32 tensor to `cap.records`;
+    `cap.probs` concatenates them. Rows are differentiable w.r.t. the model when grad is enabled. Entering the same
+    capture again keeps accumulating; call `cap.clear()` to start over. `backend`: "auto" (fused Triton kernels on
+    CUDA when triton imports, else the torch reference), "torch", or "triton" (a CaptureError where it cannot run).
+    """
+    return AttentionCapture(model, num_rows=num_rows, layer=layer, max_heads=max_heads, backend=backend)

@@ -1,0 +1,28 @@
+"""RAL's own config fields, as a plain dataclass: `AttentionGRPOConfig` inherits them, and `trl-attention grpo
+--help` lists them without importing TRL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["RALArguments"]
+
+
+@dataclass
+class RALArguments:
+    """The fields RAL adds to TRL's `GRPOConfig` (see `AttentionGRPOConfig`)."""
+
+    attn_coef: float = field(
+        default=1.0,
+        metadata={"help": "Weight lambda_attn of the RAL attention-policy loss; 0 reproduces GRPO exactly."},
+    )
+    attn_layer: int = field(
+        default=-1,
+        metadata={"help": "Decoder layer whose head-averaged attention is the attention policy (-1 = last)."},
+    )
+    freeze_vision_tower: bool = field(
+        default=False,
+        metadata={
+            "help": "Freeze the vision encoder and projector before the optimizer is built (train the LM only)."
+        },
+    )

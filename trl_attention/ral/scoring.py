@@ -1,0 +1,98 @@
+"""One no-grad attention capture per generation batch, shared by RAL's p_old and attention-reading rewards.
+
+TRL's `_generate_and_score_completions` runs at most one forward of the policy over the rollouts before the
+rewards (the old-logps forward, when TRL needs it). `ScoringCaptureMixin` captures the final-layer attention
+inside that forward; when TRL runs none and p_old or a reward needs attention, the mixin runs exactly one forward
+itself (`_scoring_forward`). p_old travels in the batch dict as `old_attention_probs`, so TRL's shuffling and
+splitting keep it aligned. The reference model's forward is never captured (it is a different model, or the same
+one with its adapter disabled).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..capture import capture_attention
+from ..trl_internals import SCORING_FORWARD_KEYS, scores_old_logps
+
+__all__ = ["ScoringCaptureMixin"]
+
+
+class ScoringCaptureMixin:
+    """Mix into a GRPOTrainer subclass before it; call `_init_scoring_capture(...)` in `__init__`."""
+
+    def _init_scoring_capture(self, layer: int, needs_old_attention: bool, for_rewards: bool) -> None:
+        """`needs_old_attention`: keep p_old for RAL; `for_rewards`: rewards read the capture (with entropies)."""
+        self._scoring_layer = layer
+        self._needs_old_attention = needs_old_attention
+        self._scoring_for_rewards = for_rewards
+        self._scoring_pending = False
+        self._scoring = None  # stash of the last captured scoring forward
+        self._scoring_prompts = None
+
+    # -- capture inside TRL's scoring forward -------------------------------------------------------------------
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        if not self._scoring_pending or model is not self.model or torch.is_grad_enabled():
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        self._scoring_pending = False  # only the first scoring forward is the rollout policy's
+        if self._scoring_for_rewards:
+            kwargs["compute_entropy"] = True  # TRL ignores them for old logps; rewards select tokens by entropy
+        with capture_attention(model, num_rows=logits_to_keep, layer=self._scoring_layer) as cap:
+            result = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        self._scoring = {
+            "probs": cap.probs,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "rows": logits_to_keep,
+            "entropies": result[1],
+            "image_grid_thw": kwargs.get("image_grid_thw"),
+            "num_images": kwargs.get("num_images"),
+        }
+        return result
+
+    def _generate_and_score_completions(self, inputs):
+        if not (self._needs_old_attention or self._scoring_for_rewards):
+            return super()._generate_and_score_completions(inputs)
+        self._scoring = None
+        self._scoring_pending = scores_old_logps(self)
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._scoring_pending = False
+            self._scoring_prompts = None  # set by the reward-attention mixin's `_tokenize_prompts`
+        scoring, self._scoring = self._scoring, None
+        if self._needs_old_attention and "old_per_token_logps" in output:
+            if scoring is None:
+                scoring = self._scoring_forward(
+                    output["prompt_ids"],
+                    output["prompt_mask"],
+                    output["completion_ids"],
+                    output["completion_mask"],
+                    {key: output.get(key) for key in SCORING_FORWARD_KEYS},
+                )
+            output["old_attention_probs"] = scoring["probs"]
+        return output
+
+    @torch.no_grad()
+    def _scoring_forward(self, prompt_ids, prompt_mask, completion_ids, completion_mask, forward_kwargs) -> dict:
+        """One no-grad forward through TRL's own scoring method, captured; used only when TRL ran none."""
+        mode = "train" if self.model.training else "eval"
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        self._scoring_pending = True
+        try:
+            self._get_per_token_logps_and_entropies(
+                self.model,
+                torch.cat([prompt_ids, completion_ids], 1),
+                torch.cat([prompt_mask, completion_mask], 1),
+                completion_ids.size(1),
+                batch_size=batch_size,
+                **{k: v for k, v in forward_kwargs.items() if v is not None},
+            )
+        finally:
+            self._scoring_pending = False
+        scoring, self._scoring = self._scoring, None
+        return scoring

@@ -1,0 +1,144 @@
+"""RAL (Reinforced Attention Learning): GRPO plus an advantage-weighted JSD on final-layer attention.
+
+L = L_GRPO + attn_coef * masked_mean_t( A_t * JSD(p_theta^t || p_old^t) ), PAPERS.md section 1.
+
+How it rides on TRL without copying its methods:
+- p_old: `ScoringCaptureMixin` (scoring.py) captures inside TRL's own old-logps forward. When TRL skips that
+  forward (the policy is the rollout policy), p_old is p_theta detached, exactly like TRL's old logps: the term
+  is then 0 with 0 gradient, as it is mathematically.
+- p_theta: `_compute_loss` wraps TRL's loss forward in a capture (no second forward) and adds the term with the
+  normalisation TRL applies to its policy loss for the configured `loss_type` (`trl_internals.aggregate_like_trl`).
+- SAYO's attention rewards (`sayo.RewardAttentionMixin`) and the distillation teacher terms
+  (`distill.GRPOTeacherMixin`) share the same captures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+import torch
+from trl import GRPOTrainer
+
+from ..capture import AttentionCapture, capture_attention, visual_token_ids
+from ..distill.grpo_term import GRPOTeacherMixin
+from ..distill.losses import backbone_hidden_states
+from ..distributed import DistributedChecksCallback, freeze_vision_tower
+from ..losses import attention_entropy, attention_policy, jsd
+from ..papers import model_card_paper
+from ..sayo.attention import RewardAttentionMixin
+from ..trl_internals import aggregate_like_trl, log_global_masked_mean, loss_mask
+from .config import AttentionGRPOConfig
+from .scoring import ScoringCaptureMixin
+
+__all__ = ["AttentionGRPOTrainer"]
+
+logger = logging.getLogger(__name__)
+
+
+class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptureMixin, GRPOTrainer):
+    """[`~trl.GRPOTrainer`] with RAL's attention-policy loss (Reinforced Attention Learning, arXiv 2602.04884).
+
+    Same constructor as GRPOTrainer; configure with [`AttentionGRPOConfig`] (a plain `GRPOConfig` gets the RAL
+    defaults; `attn_coef=0` is GRPO exactly). Rewards marked `requires_attention` (SAYO's `RegionAttentionReward`)
+    receive the policy's attention; `teacher_model` (a model, path or hub id) adds the paper's distillation terms.
+
+    Example:
+
+    ```python
+    from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
+    from trl_attention.tiny import build_tiny_vlm, make_grounding_dataset
+
+    model, processor = build_tiny_vlm()
+    args = AttentionGRPOConfig(output_dir="out", num_iterations=2, per_device_train_batch_size=4,
+                               num_generations=4, max_completion_length=8, max_steps=2, use_cpu=True, report_to=[])
+    trainer = AttentionGRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [float(len(c)) for c in
+                                   completions], args=args, train_dataset=make_grounding_dataset(8),
+                                   processing_class=processor)
+    trainer.train()
+    ```
+    """
+
+    _tag_names = [*GRPOTrainer._tag_names, "trl-attention", "ral"]
+    _name = "RAL (AttentionGRPO)"
+    _paper = model_card_paper(["ral"], GRPOTrainer._paper)
+
+    def __init__(self, *args, teacher_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self.args, "freeze_vision_tower", False):  # the optimizer is built later, in train()
+            freeze_vision_tower(self.model)
+        self.attn_coef = float(getattr(self.args, "attn_coef", AttentionGRPOConfig.attn_coef))
+        self.attn_layer = int(getattr(self.args, "attn_layer", AttentionGRPOConfig.attn_layer))
+        self._init_teacher(teacher_model)
+        self.add_callback(DistributedChecksCallback(self))  # batch sizes, ZeRO-3 gathering, teacher size at train()
+        self._init_reward_attention(self.attn_layer)
+        self._init_scoring_capture(self.attn_layer, self.attn_coef != 0, bool(self._attention_reward_indices))
+        self._set_model_card_methods()
+        if self.attn_coef != 0:
+            AttentionCapture(self.model, layer=self.attn_layer)  # fail now, not mid-training, on unsupported models
+            generate_every = self.args.steps_per_generation * self.num_iterations
+            if self.args.gradient_accumulation_steps % generate_every == 0:
+                message = (
+                    f"attn_coef={self.attn_coef} has no effect with num_iterations={self.num_iterations}, "
+                    f"steps_per_generation={self.args.steps_per_generation} and gradient_accumulation_steps="
+                    f"{self.args.gradient_accumulation_steps}: every update uses the parameters that generated the "
+                    "rollouts, so p_theta == p_old and dJSD/dp = 0. The term acts with num_iterations > 1 or "
+                    "steps_per_generation > gradient_accumulation_steps."
+                )
+                warnings.warn(message, UserWarning, stacklevel=2)
+                logger.warning(message)
+
+    # -- p_theta: captured inside TRL's loss forward ------------------------------------------------------------
+    def _compute_loss(self, model, inputs):
+        capture = self.attn_coef != 0 or (self.teacher_model is not None and self.attn_distill_coef != 0)
+        if not capture and self.teacher_model is None:
+            return super()._compute_loss(model, inputs)
+        rows = inputs["completion_ids"].size(1)
+        with contextlib.ExitStack() as stack:
+            cap = (
+                stack.enter_context(capture_attention(model, num_rows=rows, layer=self.attn_layer))
+                if capture
+                else None
+            )
+            hidden = (
+                stack.enter_context(backbone_hidden_states(model)) if self.gkd_coef and self.teacher_model else None
+            )
+            loss = super()._compute_loss(model, inputs)
+        if self.teacher_model is not None:
+            loss = loss + self._teacher_loss(inputs, None if cap is None else cap.probs, hidden).to(loss.dtype)
+        if self.attn_coef == 0:
+            return loss
+        probs = cap.probs
+        p_theta = attention_policy(probs)
+        old = inputs.get("old_attention_probs")
+        if old is not None and old.shape != probs.shape:
+            raise RuntimeError(f"old_attention_probs has shape {tuple(old.shape)}, expected {tuple(probs.shape)}")
+        p_old = p_theta.detach() if old is None else attention_policy(old.to(probs.device))
+        per_token_jsd = jsd(p_theta, p_old)  # (B, C)
+        advantages = inputs["advantages"]
+        advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+        mask = loss_mask(inputs).to(per_token_jsd.dtype)
+        attn_loss = aggregate_like_trl(self, advantages * per_token_jsd, mask, inputs)
+        self._log_attention_metrics(inputs, probs.detach(), p_theta.detach(), per_token_jsd.detach(), mask)
+        return loss + self.attn_coef * attn_loss.to(loss.dtype)
+
+    def _log_attention_metrics(self, inputs, probs, p_theta, per_token_jsd, mask):
+        log_global_masked_mean(self, "attention/jsd", per_token_jsd, mask)
+        log_global_masked_mean(self, "attention/entropy", attention_entropy(p_theta), mask)
+        ids = visual_token_ids(self.model)
+        if ids:  # image/video placeholder positions; none for text-only models
+            input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+            visual = torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
+            image_mass = (probs * visual[:, None, :].to(probs.dtype)).sum(-1)
+            log_global_masked_mean(self, "attention/image_mass", image_mass, mask)
+
+    def _set_model_card_methods(self) -> None:
+        """Cite SAYO / attention distillation on the model card when this run uses them."""
+        methods = ["ral"] + (["sayo"] if self._attention_reward_indices else [])
+        self._tag_names = [
+            *type(self)._tag_names,
+            *(["sayo"] if self._attention_reward_indices else []),
+            *(["attention-distillation"] if self.teacher_model is not None else []),
+        ]
+        self._paper = model_card_paper(methods, GRPOTrainer._paper)

@@ -1,0 +1,134 @@
+"""Attention for rewards (SAYO): what a reward marked `requires_attention` receives, and the trainer mixin that
+computes it inside the scoring capture (`ral.scoring`), once per generation batch whatever the number of such
+rewards. When TRL ran no scoring forward, one is run from the prompt ids and multimodal fields TRL tokenised for
+generation (kept by `_tokenize_prompts`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from ..capture import AttentionCapture, spatial_merge_size, unwrap_model
+from ..trl_internals import pad
+from .regions import visual_token_positions
+
+__all__ = ["CompletionAttention", "RewardAttentionMixin"]
+
+
+@dataclass
+class CompletionAttention:
+    """The policy's attention for one completion, no gradient. Positions index the completion's own sequence: the
+    prompt without padding followed by the completion without padding (length L = prompt_length + n)."""
+
+    rows: torch.Tensor  # (n, L): final-layer head-averaged attention of the n completion tokens over all L positions
+    image_positions: list | None  # per image, its visual-token positions (row-major, frame-major); None: truncated
+    image_grids: list  # per image, (t, h, w) in patches
+    entropies: torch.Tensor | None  # (n,): policy entropy of each completion token at the sampling temperature
+    merge_size: int
+    prompt_length: int
+
+
+class RewardAttentionMixin:
+    """Mix into a GRPOTrainer subclass (with `ScoringCaptureMixin` after it); call `_init_reward_attention(layer)`
+    in `__init__` before `_init_scoring_capture`."""
+
+    def _init_reward_attention(self, layer: int) -> None:
+        self._reward_attention = None
+        self._scoring_prompts = None  # (prompt_ids, images, multimodal_fields) as TRL tokenised them
+        self._attention_reward_indices = [
+            i for i, func in enumerate(self.reward_funcs) if getattr(func, "requires_attention", False)
+        ]
+        if not self._attention_reward_indices:
+            return
+        if self.rollout_func is not None or self.environment_factories is not None or self.tools:
+            raise ValueError(
+                "attention rewards need TRL's default single-turn generation path (no rollout_func, "
+                "environment_factory or tools)"
+            )
+        AttentionCapture(self.model, layer=layer)  # unsupported model / attention implementation: fail now
+        for index in self._attention_reward_indices:
+            func = self.reward_funcs[index]
+            for dataset in (self.train_dataset, self.eval_dataset):
+                if dataset is not None and hasattr(func, "validate") and not isinstance(dataset, dict):
+                    func.validate(dataset)
+            self.reward_funcs[index] = self._with_attention(func)
+
+    def _with_attention(self, func):
+        @functools.wraps(func)
+        def reward(*args, **kwargs):
+            return func(*args, attention=self._reward_attention, **kwargs)
+
+        reward.requires_attention = True
+        return reward
+
+    def _tokenize_prompts(self, prompts):
+        result = super()._tokenize_prompts(prompts)
+        self._scoring_prompts = result if self._attention_reward_indices else None
+        return result
+
+    # -- attention for rewards ----------------------------------------------------------------------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        if not self._attention_reward_indices:
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self._scoring is None:  # TRL ran no scoring forward: run one, from what it tokenised for generation
+            self._scoring = self._scoring_forward(*self._rollout_tensors(completion_ids_list))
+        self._reward_attention = self._per_completion(self._scoring)
+        try:
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        finally:
+            self._reward_attention = None
+
+    def _rollout_tensors(self, completion_ids_list):
+        """Padded prompt/completion tensors and model inputs rebuilt from the generation-time tokenisation."""
+        prompt_ids_list, images, fields = self._scoring_prompts
+        device, pad_id = self.accelerator.device, self._tokenizer.pad_token_id
+        prompts = [torch.as_tensor(ids) for ids in prompt_ids_list]
+        completions = [torch.as_tensor(ids, dtype=torch.long) for ids in completion_ids_list]
+        prompt_ids = pad(prompts, padding_value=pad_id, padding_side="left").to(device)
+        prompt_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left").to(device)
+        completion_ids = pad(completions, padding_value=pad_id, padding_side="right").to(device)
+        completion_mask = pad([torch.ones_like(c) for c in completions], padding_value=0, padding_side="right").to(
+            device
+        )
+        kwargs = {k: torch.as_tensor(fields[k]).to(device) for k in ("pixel_values", "image_grid_thw") if k in fields}
+        if images is not None:
+            kwargs["num_images"] = [len(image_list) if image_list else 0 for image_list in images]
+        if "mm_token_type_ids" in fields:  # the processor's types over the prompt, zeros over the completion (as TRL)
+            types = [torch.as_tensor(t, dtype=torch.long) for t in fields["mm_token_type_ids"]]
+            types = pad(types, padding_value=0, padding_side="left").to(device)
+            kwargs["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(completion_ids)], 1)
+        return prompt_ids, prompt_mask, completion_ids, completion_mask, kwargs
+
+    def _per_completion(self, scoring) -> list:
+        """Split a captured batch into one CompletionAttention per completion, padding removed."""
+        image_token = getattr(unwrap_model(self.model).config, "image_token_id", None)
+        merge = spatial_merge_size(self.model)
+        grids, counts = scoring["image_grid_thw"], scoring["num_images"]
+        offsets = [0] + list(torch.tensor(counts or []).cumsum(0).tolist())
+        rows_total, items = scoring["rows"], []
+        for i in range(scoring["input_ids"].size(0)):
+            keep = scoring["attention_mask"][i].bool()
+            completion = keep[-rows_total:]
+            sample_grids = (
+                [] if grids is None or not counts else [tuple(g.tolist()) for g in grids[offsets[i] : offsets[i + 1]]]
+            )
+            prompt_length = int(keep.sum() - completion.sum())
+            ids = scoring["input_ids"][i][keep][
+                :prompt_length
+            ].cpu()  # images live in the prompt (a sampled pad id is text)
+            positions = [] if image_token is None else visual_token_positions(ids, image_token, sample_grids, merge)
+            entropies = scoring["entropies"]
+            items.append(
+                CompletionAttention(
+                    rows=scoring["probs"][i, :rows_total][completion][:, keep].float().cpu(),
+                    image_positions=positions,
+                    image_grids=sample_grids,
+                    entropies=None if entropies is None else entropies[i][completion].float().cpu(),
+                    merge_size=merge,
+                    prompt_length=prompt_length,
+                )
+            )
+        return items

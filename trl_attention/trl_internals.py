@@ -1,0 +1,179 @@
+"""Every touchpoint with TRL internals, in one module, so that a TRL release breaks here first and clearly.
+
+The trainers extend TRL through `super()` and small overrides. What they rely on beyond TRL's public API is listed
+here, and `tests/test_trl_contract.py` checks each item against the installed TRL (signatures, return shapes,
+batch keys, the old-logps condition, the loss normalisation per `loss_type`, computed by TRL's own `_compute_loss`):
+
+- overridden private methods of `GRPOTrainer` (`GRPO_OVERRIDES`) and of `GKDTrainer` (`GKD_OVERRIDES`), with the
+  parameters the overrides read or pass on;
+- attributes of the trainers read by this package (`GRPO_ATTRIBUTES`, `GKD_ATTRIBUTES`);
+- batch keys: the multimodal model inputs of TRL's scoring forward (`SCORING_FORWARD_KEYS`), those the teacher
+  forward takes as they are (`TEACHER_FORWARD_KEYS`), the keys of TRL's training batch read by the loss terms
+  (`LOSS_BATCH_KEYS`, `OPTIONAL_LOSS_BATCH_KEYS`);
+- two pieces of TRL logic that TRL does not expose, restated: when `_generate_and_score_completions` runs the
+  old-logps forward (`scores_old_logps`), and how `_compute_loss` normalises its per-token loss
+  (`aggregate_like_trl`);
+- TRL helpers used as they are: `pad`, `prepare_deepspeed`, `prepare_fsdp`, `disable_dropout_in_model`, and
+  `GKDTrainer.generalized_jsd_loss`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.trainer.utils import disable_dropout_in_model, pad
+
+with warnings.catch_warnings():  # TRL warns that experimental APIs may change: the pins in pyproject.toml cover it
+    warnings.simplefilter("ignore")
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+__all__ = [
+    "GKD_ATTRIBUTES",
+    "GKD_OVERRIDES",
+    "GRPO_ATTRIBUTES",
+    "GRPO_OVERRIDES",
+    "LOSS_BATCH_KEYS",
+    "LOSS_TYPES",
+    "OPTIONAL_LOSS_BATCH_KEYS",
+    "SCORING_FORWARD_KEYS",
+    "TEACHER_FORWARD_KEYS",
+    "GKDConfig",
+    "GKDTrainer",
+    "aggregate_like_trl",
+    "disable_dropout_in_model",
+    "generalized_jsd",
+    "log_global_masked_mean",
+    "loss_mask",
+    "metrics_mode",
+    "pad",
+    "prepare_deepspeed",
+    "prepare_fsdp",
+    "scores_old_logps",
+]
+
+# Private GRPOTrainer methods overridden here -> the parameters the overrides read or pass on, in order.
+GRPO_OVERRIDES = {
+    "_generate_and_score_completions": ("inputs",),  # returns the batch dict the loss reads
+    "_get_per_token_logps_and_entropies": (
+        "model",
+        "input_ids",
+        "attention_mask",
+        "logits_to_keep",
+        "batch_size",
+        "compute_entropy",
+    ),  # returns (logps, entropies, ...)
+    "_compute_loss": ("model", "inputs"),  # returns the scalar loss
+    "_tokenize_prompts": ("prompts",),  # returns (prompt_ids list, images, multimodal fields)
+    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
+}
+# GKDTrainer methods overridden (besides the Trainer's public `compute_loss`).
+GKD_OVERRIDES = {
+    "generate_on_policy_outputs": ("model", "inputs", "generation_config"),
+    "compute_loss": ("model", "inputs", "return_outputs", "num_items_in_batch"),
+}
+# Trainer attributes this package reads (set by TRL's __init__).
+GRPO_ATTRIBUTES = (
+    "_metrics",
+    "_logs",
+    "_tokenizer",
+    "loss_type",
+    "num_iterations",
+    "max_completion_length",
+    "use_vllm",
+    "vllm_importance_sampling_correction",
+    "reward_funcs",
+    "rollout_func",
+    "environment_factories",
+    "tools",
+    "log_completions",
+)
+GKD_ATTRIBUTES = ("_metrics", "teacher_model", "generation_config", "generation_kwargs")
+
+# Multimodal keyword arguments TRL passes to `_get_per_token_logps_and_entropies` (and keeps in the batch).
+SCORING_FORWARD_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+# Batch keys the teacher forward takes as they are (mm/token type ids already span prompt + completion).
+TEACHER_FORWARD_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_attention_mask",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "spatial_shapes",
+    "image_position_ids",
+)
+# Keys of TRL's training batch read by the loss terms: always there, and there when TRL puts them.
+LOSS_BATCH_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages")
+OPTIONAL_LOSS_BATCH_KEYS = ("tool_mask", "num_items_in_batch", "old_per_token_logps")
+# loss_type values whose normalisation `aggregate_like_trl` restates.
+LOSS_TYPES = ("grpo", "sapo", "bnpo", "dr_grpo", "cispo", "dapo", "vespo", "luspo")
+
+
+def scores_old_logps(trainer) -> bool:
+    """TRL's own condition for running the old-logps forward in `_generate_and_score_completions`."""
+    generate_every = trainer.args.steps_per_generation * trainer.num_iterations
+    return trainer.args.gradient_accumulation_steps % generate_every != 0 or bool(
+        trainer.use_vllm and trainer.vllm_importance_sampling_correction
+    )
+
+
+def loss_mask(inputs) -> torch.Tensor:
+    """The tokens TRL's loss counts: the completion mask, times the tool mask when tools answered in-line."""
+    mask = inputs["completion_mask"]
+    return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
+
+
+def metrics_mode(trainer) -> str:
+    return "train" if trainer.model.training else "eval"
+
+
+def aggregate_like_trl(trainer, per_token: torch.Tensor, mask: torch.Tensor, inputs) -> torch.Tensor:
+    """Reduce a (B, C) per-token term exactly as GRPOTrainer._compute_loss reduces its policy loss for the
+    trainer's `loss_type` (gradient-accumulation scaling included)."""
+    training = trainer.model.training
+    accumulation = trainer.current_gradient_accumulation_steps if training else 1.0
+    masked = per_token * mask
+    loss_type = trainer.loss_type
+    if loss_type in ("grpo", "sapo"):
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accumulation
+    if loss_type == "bnpo":
+        return masked.sum() / mask.sum().clamp(min=1.0) / accumulation
+    if loss_type == "dr_grpo":
+        return masked.sum() / (per_token.size(0) * trainer.max_completion_length) / accumulation
+    if loss_type in ("cispo", "dapo", "vespo"):
+        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / trainer.accelerator.num_processes
+        if training:
+            normalizer = normalizer * trainer.current_gradient_accumulation_steps / trainer.args.steps_per_generation
+        return masked.sum() / normalizer
+    if loss_type == "luspo":
+        return masked.sum(-1).mean() / accumulation
+    raise ValueError(f"trl_attention does not know how TRL normalises loss_type={loss_type!r}")
+
+
+def log_global_masked_mean(trainer, name: str, values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Append the token mean of `values` over `mask`, summed over all processes, to TRL's `_metrics` under `name`
+    (TRL averages a step's entries when it logs)."""
+    totals = torch.stack([(values * mask).sum(), mask.sum()])
+    totals = trainer.accelerator.reduce(totals, reduction="sum")
+    value = (totals[0] / totals[1].clamp(min=1.0)).item()
+    trainer._metrics[metrics_mode(trainer)][name].append(value)
+    return value
+
+
+def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float) -> torch.Tensor:
+    """(B, C) per-token generalized JSD of GKD (TRL's own `GKDTrainer.generalized_jsd_loss`, summed over the
+    vocabulary), so the GRPO teacher term is exactly GKD's token loss on the rollouts."""
+    return GKDTrainer.generalized_jsd_loss(student_logits, teacher_logits, beta=beta, reduction="none").sum(-1)
