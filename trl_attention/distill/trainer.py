@@ -20,6 +20,7 @@ import torch
 
 from ..capture import capture_attention, visual_token_ids
 from ..distributed import DistributedChecksCallback, freeze_vision_tower
+from ..papers import model_card_paper
 from ..trl_internals import GKDTrainer, log_global_masked_mean
 from .collator import VisionDistillationCollator, is_processor, validate_distillation_dataset
 from .config import AttentionGKDConfig
@@ -58,9 +59,34 @@ class _GenerateWithExtras:
 
 
 class AttentionGKDTrainer(GKDTrainer):
-    """[`~trl.experimental.gkd.GKDTrainer`] plus attention distillation and VLM inputs. Same constructor; configure
-    with [`AttentionGKDConfig`]. For VLMs pass the processor as `processing_class`; conversational image datasets
-    (`messages` or `prompt` + `completion`, with `images` or `image`) are batched by `VisionDistillationCollator`."""
+    """[`~trl.experimental.gkd.GKDTrainer`] plus on-policy attention distillation (RAL paper, arXiv 2602.04884) and
+    VLM inputs.
+
+    Same constructor as GKDTrainer; configure with [`AttentionGKDConfig`] (`attn_distill_coef=0`, `gkd_coef=1` is
+    GKD exactly). For VLMs pass the processor as `processing_class`; conversational image datasets (`messages` or
+    `prompt` + `completion`, with `images` or `image`) are batched by `VisionDistillationCollator`.
+
+    Example:
+
+    ```python
+    from trl_attention import AttentionGKDConfig, AttentionGKDTrainer
+    from trl_attention.tiny import build_tiny_vlm, make_grounding_dataset
+
+    student, processor = build_tiny_vlm(seed=0)
+    teacher, _ = build_tiny_vlm(seed=1, num_hidden_layers=6, hidden_size=96, intermediate_size=192,
+                                num_attention_heads=6, num_key_value_heads=3)
+    data = make_grounding_dataset(8).map(lambda row: {"completion": row["answer"]})
+    args = AttentionGKDConfig(output_dir="out", attn_distill_coef=0.5, lmbda=1.0, max_new_tokens=8, max_steps=2,
+                              per_device_train_batch_size=2, use_cpu=True, report_to=[])
+    trainer = AttentionGKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                                  processing_class=processor)
+    trainer.train()
+    ```
+    """
+
+    _tag_names = [*GKDTrainer._tag_names, "trl-attention", "attention-distillation"]
+    _name = "AttentionGKD"
+    _paper = model_card_paper(["ral"], GKDTrainer._paper)
 
     def __init__(
         self,
