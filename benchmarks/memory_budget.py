@@ -1,6 +1,6 @@
 """Per-GPU memory budget of the two scale-out recipes, computed from the models' published configs.
 
-    python benchmarks/memory_budget.py            # markdown table (the README's)
+    python benchmarks/memory_budget.py            # markdown table (the one in docs/scale-out.md)
     python benchmarks/memory_budget.py --gpus 16 --completion 1024
 
 Recipes (8 GPUs, bf16 weights, AdamW with fp32 master weights, vision tower + projector frozen as in the paper):

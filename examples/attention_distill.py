@@ -1,9 +1,9 @@
 """On-policy attention distillation, Qwen2.5-VL-32B teacher -> Qwen2.5-VL-7B student (PAPERS.md section 1).
 
 loss = GKD's generalized JSD on the student's own rollouts + gamma * JSD of the final-layer attention policies
-(`AttentionGKDTrainer`). The paper searched gamma in {0.05, 0.5, 1.0}. Every option of `trl-attention gkd --help`
-is a flag (or a YAML key with `--config`) and overrides the recipe below.
-The teacher runs under ZeRO-3 sharding when the DeepSpeed config is stage 3 (see the README's scale-out section).
+(`AttentionGKDTrainer`). The paper searched gamma in {0.05, 0.5, 1.0}. Every option of `trl-attention gkd
+--help-all` is a flag (or a YAML key with `--config`) and overrides the recipe below.
+The teacher runs under ZeRO-3 sharding when the DeepSpeed config is stage 3 (see docs/scale-out.md).
 
     accelerate launch --config_file trl_attention/configs/accelerate/zero3.yaml examples/attention_distill.py \
         --model_name_or_path Qwen/Qwen2.5-VL-7B-Instruct --teacher_model_name_or_path Qwen/Qwen2.5-VL-32B-Instruct \

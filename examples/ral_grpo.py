@@ -2,7 +2,7 @@
 
 The paper's setup (PAPERS.md section 1): vision encoder and projector frozen, 8 rollouts per prompt, reward
 0.9 * accuracy + 0.1 * format, attn_coef in {0.5, 1, 5}, temperature 0.9, lr 1e-5, KL 0.04. RAL's term acts only on
-reused rollouts, hence num_iterations=2. Every option of `trl-attention grpo --help` is a flag (or a YAML key with
+reused rollouts, hence num_iterations=2. Every option of `trl-attention grpo --help-all` is a flag (or a YAML key with
 `--config`), and overrides the recipe below:
 
     accelerate launch --num_processes 8 examples/ral_grpo.py --output_dir out/ral --bf16 true

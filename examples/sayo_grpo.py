@@ -9,7 +9,7 @@ The reference recipe (PAPERS.md section 2): LoRA r16/alpha32, lr 5e-6, KL beta 0
     # offline, on CPU, with the tiny VLM and synthetic data (what the test suite runs):
     python examples/sayo_grpo.py --tiny --output_dir out/sayo-tiny --max_steps 2 --use_cpu true --report_to none
 
-The dataset follows the SAYO convention of the README: `prompt`, `image` or `images`, `solution`, `boxes`.
+The dataset follows the SAYO convention of docs/sayo.md: `prompt`, `image` or `images`, `solution`, `boxes`.
 """
 
 from __future__ import annotations

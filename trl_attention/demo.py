@@ -22,12 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import ProgressCallback
-
-from .plotting import attention_heatmap, plot_metrics
-from .ral import AttentionGRPOConfig, AttentionGRPOTrainer
 from .rewards import char_overlap, exact_answer
-from .tiny import build_tiny_vlm, make_grounding_dataset
 
 __all__ = ["REWARD_WEIGHTS", "DemoConfig", "run_demo"]
 
@@ -76,18 +71,23 @@ REWARD_WEIGHTS = (1.0, 0.5)  # exact_answer, char_overlap
 # ------------------------------------------------------------------------------------------------ the run
 
 
-class _QuietProgress(ProgressCallback):
+def _quiet_progress():
     """The Trainer's tqdm bar, showing the latest reward / attention metrics as its postfix instead of printing
-    every step's log dict (one line per step at logging_steps=1)."""
+    every step's log dict (one line per step at logging_steps=1). Built on first use: transformers is imported
+    only when the demo runs, so `trl-attention demo --help` stays fast."""
+    from transformers import ProgressCallback
 
-    _shown = {"reward": "reward", "attention/jsd": "jsd", "attention/image_mass": "image_mass"}
+    class QuietProgress(ProgressCallback):
+        shown = {"reward": "reward", "attention/jsd": "jsd", "attention/image_mass": "image_mass"}
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.training_bar is None or not logs:
-            return
-        self._postfix = getattr(self, "_postfix", {})
-        self._postfix.update({short: f"{logs[key]:.3g}" for key, short in self._shown.items() if key in logs})
-        self.training_bar.set_postfix(self._postfix, refresh=False)
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.training_bar is None or not logs:
+                return
+            self._postfix = getattr(self, "_postfix", {})
+            self._postfix.update({short: f"{logs[key]:.3g}" for key, short in self.shown.items() if key in logs})
+            self.training_bar.set_postfix(self._postfix, refresh=False)
+
+    return ProgressCallback, QuietProgress()
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
@@ -104,6 +104,10 @@ def _last(rows: list[dict], key: str):
 
 def run_demo(config: DemoConfig | None = None) -> dict:
     """Train the tiny VLM with AttentionGRPOTrainer and write metrics + plots; returns paths and final metrics."""
+    from .plotting import attention_heatmap, plot_metrics
+    from .ral import AttentionGRPOConfig, AttentionGRPOTrainer
+    from .tiny import build_tiny_vlm, make_grounding_dataset
+
     config = config if config is not None else DemoConfig()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,9 +140,10 @@ def run_demo(config: DemoConfig | None = None) -> dict:
         train_dataset=train_dataset,
         processing_class=processor,
     )
-    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(_QuietProgress())
+    progress, quiet = _quiet_progress()
+    if any(isinstance(cb, progress) for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(progress)
+        trainer.add_callback(quiet)
 
     start = time.perf_counter()
     trainer.train()

@@ -2,13 +2,15 @@
 
 Prompt formats (RAL, PAPERS.md section 1): "reasoning" asks for `<think>...</think><answer>...</answer>` (RAL),
 "answer" for `<answer>...</answer>` only (RAL-zero), "none" leaves the question as it is.
+
+Importing this module is cheap (no torch, datasets or TRL): `trl-attention grpo --help` lists the prompt formats and
+reward names from here; the SAYO reward and the synthetic data are imported when they are used.
 """
 
 from __future__ import annotations
 
 import importlib
-
-from datasets import Dataset
+from typing import TYPE_CHECKING
 
 from .rewards import (
     accuracy_reward,
@@ -18,9 +20,9 @@ from .rewards import (
     exact_answer,
     reasoning_format_reward,
 )
-from .sayo.reward import RegionAttentionReward
-from .sayo.reward import format_reward as sayo_format_reward
-from .tiny import make_grounding_dataset
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = [
     "PROMPT_FORMATS",
@@ -40,11 +42,24 @@ _QUESTION_COLUMNS = ("problem", "question", "query")
 _ANSWER_COLUMNS = ("solution", "answer", "label", "answers")
 
 
+def _region_attention_reward(prompt_format: str):
+    from .sayo.reward import RegionAttentionReward  # torch: imported when the reward is asked for
+
+    return RegionAttentionReward()
+
+
+def _sayo_format_reward(prompt_format: str):
+    from .sayo.reward import format_reward
+
+    return format_reward
+
+
+# {name: prompt_format -> reward callable (None when the name does not apply to that format)}
 REWARDS = {
     "accuracy": lambda fmt: accuracy_reward,
     "format": lambda fmt: {"reasoning": reasoning_format_reward, "answer": answer_format_reward}.get(fmt),
-    "sayo": lambda fmt: RegionAttentionReward(),
-    "sayo_format": lambda fmt: sayo_format_reward,
+    "sayo": _region_attention_reward,
+    "sayo_format": _sayo_format_reward,
     "answer_match": lambda fmt: exact_answer,
     "char_overlap": lambda fmt: char_overlap,
 }
@@ -115,12 +130,26 @@ def prepare_dataset(
 def synthetic_vqa(n: int, seed: int = 0) -> Dataset:
     """The tiny grounding data as a raw VQA dataset (`question`, `answer`, `image`, `boxes`, ...), so `--tiny` runs
     go through the same `prepare_dataset` path as a hub dataset."""
+    from .tiny import make_grounding_dataset
+
     data = make_grounding_dataset(n, seed=seed)
     questions = [next(p["text"] for p in row[0]["content"] if p["type"] == "text") for row in data["prompt"]]
     return data.remove_columns(["prompt", "solution"]).add_column("question", questions)
 
 
+# Names this module imported before it became light, still reachable as attributes: (module, attribute).
+_LAZY = {
+    "Dataset": ("datasets", "Dataset"),
+    "RegionAttentionReward": ("trl_attention.sayo.reward", "RegionAttentionReward"),
+    "sayo_format_reward": ("trl_attention.sayo.reward", "format_reward"),
+    "make_grounding_dataset": ("trl_attention.tiny", "make_grounding_dataset"),
+}
+
+
 def __getattr__(name: str):  # load_model_and_processor moved to trl_attention.loading
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
     from ._compat import moved_names
 
     return moved_names(__name__)(name)

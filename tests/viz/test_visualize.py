@@ -179,7 +179,7 @@ def test_callback_logs_to_wandb_and_the_completions_table(tmp_path, monkeypatch)
 def test_readme_heatmap_snippet_runs(tmp_path, monkeypatch):
     import re
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "visualisation.md").read_text()
     code = re.search(r"## Attention heatmaps in TensorBoard and W&B\n\n```python\n(.*?)```", readme, re.DOTALL).group(
         1
     )
@@ -198,7 +198,7 @@ def test_readme_heatmap_snippet_runs(tmp_path, monkeypatch):
         **dict(zip(("x0", "y0", "x1", "y1"), example["box"])),
     }
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/visualisation.md", "exec"), namespace)
     assert isinstance(added[0], AttentionHeatmapCallback) and added[0].layer == -1
     n = len(processor.tokenizer("a red square", add_special_tokens=False)["input_ids"])
     assert namespace["att"].grids.shape == (n, 4, 4) and (tmp_path / "heat.png").is_file()

@@ -1,12 +1,14 @@
 """Command line: `trl-attention COMMAND ...` (also `python -m trl_attention COMMAND ...`).
 
-Subcommands are plugged in through `SUBCOMMANDS`: each entry names a module exposing
-`register(commands) -> handler`, which adds its parser to the argparse subparsers and returns the function
-`handler(args) -> exit status`. One module per method keeps the CLI of each method next to its code.
+Subcommands are listed once, in `COMMANDS` (name, module, one-line help). A command's module is imported only when
+that command runs or its help is asked: `trl-attention --help` then costs an argparse parser, not an import of
+torch, transformers and TRL. Each module exposes `register(commands, command) -> handler`, which adds the
+command's parser to the argparse subparsers and returns `handler(args) -> exit status`; one module per method
+keeps the CLI of each method next to its code.
 
-The `demo` flags are generated from `DemoConfig`'s fields (type, default and help from the field metadata), so
-the CLI and the Python API cannot drift apart. Each flag is accepted with underscores (`--max_steps`, as in TRL's
-scripts) or dashes (`--max-steps`).
+The `demo` and `vrga` flags are generated from dataclass fields (`add_dataclass_arguments`: type, default and help
+from the field metadata), so the CLI and the Python API cannot drift apart. Each flag is accepted with
+underscores (`--max_steps`, as in TRL's scripts) or dashes (`--max-steps`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,33 @@ import typing
 
 from .. import __version__
 
-__all__ = ["SUBCOMMANDS", "add_dataclass_arguments", "build_parser", "main"]
+__all__ = ["COMMANDS", "SUBCOMMANDS", "Command", "add_dataclass_arguments", "build_parser", "main"]
 
-# Modules (relative to this package) that register a subcommand, in the order `--help` lists them.
-SUBCOMMANDS = ["demo", "grpo", "gkd", "env", "vrga", "configs"]
+
+class Command(typing.NamedTuple):
+    """One subcommand: its name, the module (relative to this package) that registers it, its `--help` line."""
+
+    name: str
+    module: str
+    help: str
+
+
+# In the order `trl-attention --help` lists them.
+COMMANDS = (
+    Command(
+        "demo", ".demo", "Train the tiny VLM with AttentionGRPOTrainer (RAL) on synthetic grounding data, on CPU."
+    ),
+    Command("grpo", ".grpo", "RAL / SAYO GRPO training (AttentionGRPOTrainer) from a YAML config + overrides."),
+    Command("gkd", ".gkd", "On-policy attention distillation (AttentionGKDTrainer) from a YAML config + overrides."),
+    Command("env", ".env", "Print versions, CUDA and the attention-capture backend that will run."),
+    Command(
+        "vrga",
+        ".vrga",
+        "Answer a question about an image with and without VRGA (training-free visual attention boost).",
+    ),
+    Command("configs", ".configs", "Print the paths of the shipped DeepSpeed ZeRO JSONs and accelerate YAMLs."),
+)
+SUBCOMMANDS = [command.name for command in COMMANDS]
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
@@ -44,8 +69,19 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(*names, dest=f.name, type=kind, default=default, metavar=metavar, help=help_text)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    """The parser and {subcommand name: handler}."""
+def _add_stub(commands, command: Command) -> None:
+    """A placeholder that takes everything after the command's name: enough to list it and to find which runs."""
+    sub = commands.add_parser(command.name, help=command.help, add_help=False, prefix_chars="\x00")
+    sub.add_argument("argv", nargs=argparse.REMAINDER)
+
+
+def build_parser(load: typing.Iterable[str] | None = None) -> tuple[argparse.ArgumentParser, dict]:
+    """The parser and {subcommand name: handler}.
+
+    `load`: the commands whose module is imported to build their full parser (default: all). The others get a
+    placeholder parser and no handler, so a parser for `--help` or for one command imports only what it needs.
+    """
+    load = set(SUBCOMMANDS if load is None else load)
     parser = argparse.ArgumentParser(
         prog="trl-attention",
         description="Train and steer multimodal LLMs on where they look (TRL extension).",
@@ -54,20 +90,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     handlers = {}
-    for name in SUBCOMMANDS:
-        module = importlib.import_module(f".{name}", __name__)
-        handler = module.register(commands)
-        handlers[handler.command] = handler
+    for command in COMMANDS:
+        if command.name in load:
+            handlers[command.name] = importlib.import_module(command.module, __name__).register(commands, command)
+        else:
+            _add_stub(commands, command)
     return parser, handlers
+
+
+def _exit_status(exit_: SystemExit) -> int:
+    return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `trl-attention` console script; returns the exit status."""
-    parser, handlers = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        # First find the command with placeholders only (top-level --help, --version and usage errors end here),
+        # then import that one command's module and parse for real.
+        command = build_parser(load=())[0].parse_args(argv).command
+        parser, handlers = build_parser(load=[command])
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors: return argparse's status instead of exiting
-        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+        return _exit_status(exit_)
     return handlers[args.command](args)
 
 

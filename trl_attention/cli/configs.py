@@ -5,21 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..distributed import config_path, list_configs
-
 __all__ = ["register"]
 
 
-def register(commands) -> callable:
+def register(commands, command) -> callable:
     """The `configs` subcommand of `trl-attention`: where the shipped configs are installed."""
-    help_text = "Print the paths of the shipped DeepSpeed ZeRO JSONs and accelerate YAMLs."
-    parser = commands.add_parser("configs", help=help_text, description=help_text)
+    parser = commands.add_parser(command.name, help=command.help, description=command.help)
     parser.add_argument("--path", metavar="NAME", help="print only this config's path (zero3, accelerate/zero3.yaml)")
-    _configs.command = "configs"
     return _configs
 
 
 def _configs(args: argparse.Namespace) -> int:
+    from ..distributed import config_path, list_configs  # torch and transformers: only when the command runs
+
     if args.path:
         try:
             print(config_path(args.path))

@@ -1,4 +1,7 @@
-"""Data and model options shared by the training subcommands (`grpo`, `gkd`) and the example scripts."""
+"""Data and model options shared by the training subcommands (`grpo`, `gkd`) and the example scripts.
+
+`DataArguments` imports nothing heavy (`trl-attention grpo --help` lists it without importing torch); the loaders
+import transformers and datasets when they run."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from ..loading import load_model_and_processor
 from ..recipes import PROMPT_FORMATS, prepare_dataset, synthetic_vqa
 from .training import ConfigError
 
@@ -78,6 +80,8 @@ def _tiny_checkpoint(seed: int) -> str:
 def load_model_and_data(data_args: DataArguments, model_args, seed: int):
     """(model, processor, dataset in TRL's conversational form with `solution`) for the options given."""
     from datasets import load_dataset
+
+    from ..loading import load_model_and_processor
 
     if data_args.tiny:  # saved and loaded back, so it takes the real models' path (and TRL can build a ref model)
         model, processor = load_model_and_processor(_tiny_checkpoint(seed), None, model_args.attn_implementation)

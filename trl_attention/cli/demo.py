@@ -12,16 +12,15 @@ from . import add_dataclass_arguments
 __all__ = ["register"]
 
 
-def register(commands) -> callable:
+def register(commands, command) -> callable:
     """The `demo` subcommand."""
     demo = commands.add_parser(
-        "demo",
-        help="Train the tiny VLM with AttentionGRPOTrainer (RAL) on synthetic grounding data, on CPU.",
+        command.name,
+        help=command.help,
         description="Run AttentionGRPOTrainer on a tiny Qwen2.5-VL and a synthetic grounding dataset, then write "
         "metrics.json/.csv, metrics.png and attention_heatmap.png into --output_dir.",
     )
     add_dataclass_arguments(demo, DemoConfig)
-    _run_demo.command = "demo"
     return _run_demo
 
 

@@ -41,9 +41,9 @@ def environment() -> dict:
     return info
 
 
-def register(commands):
+def register(commands, command):
     """The `env` subcommand."""
-    parser = commands.add_parser("env", help="Print versions, CUDA and the attention-capture backend that will run.")
+    parser = commands.add_parser(command.name, help=command.help)
     parser.add_argument("--json", action="store_true", help="Print a JSON object instead of a list.")
 
     def handler(args) -> int:
@@ -55,5 +55,4 @@ def register(commands):
             print("\n".join(f"- {key}: {value}" for key, value in info.items()))
         return 0
 
-    handler.command = "env"
     return handler

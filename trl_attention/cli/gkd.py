@@ -13,14 +13,13 @@ formatted answer as the completion (used by GKD's off-policy part, `lmbda < 1`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
-from trl import ModelConfig, get_peft_config
+from ..distill.arguments import AttentionDistillArguments
+from .data import DataArguments
+from .training import ConfigError, TrainingCommand, build_trainer
 
-from ..distill import AttentionGKDConfig, AttentionGKDTrainer
-from .data import DataArguments, add_heatmap_callback, load_model_and_data
-from .training import ConfigError, add_training_command, parse_config
-
-__all__ = ["GKDScriptArguments", "TINY_TEACHER", "build_gkd_trainer", "parse_args", "register"]
+__all__ = ["COMMAND", "GKDScriptArguments", "TINY_TEACHER", "build_gkd_trainer", "parse_args", "register"]
 
 # --tiny: a teacher of another depth, width and head count than the tiny student, same tokenizer (32B -> 7B).
 TINY_TEACHER = {
@@ -31,17 +30,16 @@ TINY_TEACHER = {
     "num_key_value_heads": 3,
 }
 
-HELP = "On-policy attention distillation (AttentionGKDTrainer) from a YAML config + overrides."
-
 
 @dataclass
 class GKDScriptArguments(DataArguments):
     """Data and run options of `trl-attention gkd` (the teacher is GKDConfig's `teacher_model_name_or_path`)."""
 
 
-def parse_args(argv: list[str], defaults: dict | None = None):
-    """(script args, AttentionGKDConfig, ModelConfig) from argv (may contain `--config FILE.yaml`)."""
-    return parse_config((GKDScriptArguments, AttentionGKDConfig, ModelConfig), argv, "trl-attention gkd", defaults)
+def _config() -> type:
+    from ..distill import AttentionGKDConfig
+
+    return AttentionGKDConfig
 
 
 def _with_completion(dataset, prompt_format: str):
@@ -57,6 +55,8 @@ def _with_completion(dataset, prompt_format: str):
 
 def build_gkd_trainer(script_args, training_args, model_args):
     """Student, teacher, processor, dataset and the AttentionGKDTrainer they make."""
+    from ..distill import AttentionGKDTrainer
+
     if script_args.tiny:
         from ..tiny import build_tiny_vlm
 
@@ -66,19 +66,26 @@ def build_gkd_trainer(script_args, training_args, model_args):
         raise ConfigError("teacher_model_name_or_path is required (or --tiny for the embedded models)")
     else:
         teacher = training_args.teacher_model_name_or_path  # the trainer loads it (as a VLM for a processor)
-    model, processor, dataset = load_model_and_data(script_args, model_args, training_args.seed)
-    trainer = AttentionGKDTrainer(
-        model=model,
+    return build_trainer(
+        AttentionGKDTrainer,
+        script_args,
+        training_args,
+        model_args,
+        prepare=partial(_with_completion, prompt_format=script_args.prompt_format),
         teacher_model=teacher,
-        args=training_args,
-        processing_class=processor,
-        train_dataset=_with_completion(dataset, script_args.prompt_format),
-        peft_config=get_peft_config(model_args),
     )
-    add_heatmap_callback(trainer, script_args, dataset)
-    return trainer
 
 
-def register(commands):
-    """The `gkd` subcommand."""
-    return add_training_command(commands, "gkd", HELP, parse_args, build_gkd_trainer)
+COMMAND = TrainingCommand(
+    name="gkd",
+    script_arguments=GKDScriptArguments,
+    own_arguments=(AttentionDistillArguments,),  # AttentionGKDConfig = GKDConfig + these
+    config=_config,
+    build=build_gkd_trainer,
+    trl_config="GKDConfig",
+    trl_docs="https://huggingface.co/docs/trl/gkd_trainer",
+    examples="--teacher_model_name_or_path (required unless --tiny), --lmbda, --beta, --max_new_tokens, "
+    "--learning_rate, --model_name_or_path, --lora_r, --deepspeed",
+)
+parse_args = COMMAND.parse  # (script args, AttentionGKDConfig, ModelConfig) from argv; the example scripts use it
+register = COMMAND.register

@@ -4,23 +4,21 @@
     accelerate launch -m trl_attention grpo --config run.yaml          # several GPUs / DeepSpeed (--config_file)
 
 Options are the fields of `GRPOScriptArguments` (data, rewards), `AttentionGRPOConfig` (every TRL GRPOConfig field
-plus `attn_coef`, `attn_layer`, ...) and TRL's `ModelConfig` (model name, dtype, LoRA); `--help` lists them all.
+plus `attn_coef`, `attn_layer`, ...) and TRL's `ModelConfig` (model name, dtype, LoRA). `--help` lists this
+command's own options (without importing TRL), `--help-all` all of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl import ModelConfig, get_peft_config
-
-from ..ral import AttentionGRPOConfig, AttentionGRPOTrainer
+from ..distill.arguments import GRPOTeacherArguments
+from ..ral.arguments import RALArguments
 from ..recipes import REWARDS, resolve_rewards
-from .data import DataArguments, add_heatmap_callback, load_model_and_data
-from .training import add_training_command, parse_config
+from .data import DataArguments
+from .training import TrainingCommand, build_trainer
 
-__all__ = ["GRPOScriptArguments", "build_grpo_trainer", "parse_args", "register"]
-
-HELP = "RAL / SAYO GRPO training (AttentionGRPOTrainer) from a YAML config + overrides."
+__all__ = ["COMMAND", "GRPOScriptArguments", "build_grpo_trainer", "parse_args", "register"]
 
 
 @dataclass
@@ -43,28 +41,37 @@ class GRPOScriptArguments(DataArguments):
     )
 
 
-def parse_args(argv: list[str], defaults: dict | None = None):
-    """(script args, AttentionGRPOConfig, ModelConfig) from argv (may contain `--config FILE.yaml`)."""
-    return parse_config((GRPOScriptArguments, AttentionGRPOConfig, ModelConfig), argv, "trl-attention grpo", defaults)
+def _config() -> type:
+    from ..ral import AttentionGRPOConfig
+
+    return AttentionGRPOConfig
 
 
 def build_grpo_trainer(script_args, training_args, model_args):
     """Model, processor, dataset, rewards and the AttentionGRPOTrainer they make (shared by the example scripts)."""
+    from ..ral import AttentionGRPOTrainer
+
     reward_funcs = resolve_rewards(script_args.rewards, script_args.prompt_format)  # fail before loading a model
-    model, processor, dataset = load_model_and_data(script_args, model_args, training_args.seed)
-    trainer = AttentionGRPOTrainer(
-        model=model,
+    return build_trainer(
+        AttentionGRPOTrainer,
+        script_args,
+        training_args,
+        model_args,
         reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=dataset,
-        processing_class=processor,
-        peft_config=get_peft_config(model_args),
         teacher_model=script_args.teacher_model_name_or_path,
     )
-    add_heatmap_callback(trainer, script_args, dataset)
-    return trainer
 
 
-def register(commands):
-    """The `grpo` subcommand."""
-    return add_training_command(commands, "grpo", HELP, parse_args, build_grpo_trainer)
+COMMAND = TrainingCommand(
+    name="grpo",
+    script_arguments=GRPOScriptArguments,
+    own_arguments=(RALArguments, GRPOTeacherArguments),  # AttentionGRPOConfig = GRPOConfig + these
+    config=_config,
+    build=build_grpo_trainer,
+    trl_config="GRPOConfig",
+    trl_docs="https://huggingface.co/docs/trl/grpo_trainer",
+    examples="--learning_rate, --num_generations, --num_iterations (RAL's term needs > 1), --beta, "
+    "--reward_weights, --model_name_or_path, --lora_r, --deepspeed",
+)
+parse_args = COMMAND.parse  # (script args, AttentionGRPOConfig, ModelConfig) from argv; the example scripts use it
+register = COMMAND.register

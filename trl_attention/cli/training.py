@@ -1,22 +1,36 @@
-"""YAML configs + command-line overrides for the training subcommands, the way TRL's CLI does it.
+"""What the training subcommands (`grpo`, `gkd`) share: YAML configs + command-line overrides, the way TRL's CLI does
+it, a short `--help`, and the build / train / save steps.
 
 `trl-attention grpo --config run.yaml --learning_rate 1e-5` parses with `trl.TrlParser`: dataclass defaults (and a
 recipe's defaults) < the YAML file < the command line. An `env:` mapping in the YAML sets environment variables.
 Bad input that TRL reports as a traceback (a missing file, `--config` without a path, an unknown YAML key listed
 as '--key value', an unknown flag reported only after the configs were built and validated) becomes a
 `ConfigError` naming the offending key, with the closest field names, before anything is built.
+
+`--help` lists only the command's own options, from plain dataclasses, without importing TRL (TrlParser's help
+of every TRL field is 1,400 lines and takes seconds to import); `--help-all` prints TrlParser's full help.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import sys
+import textwrap
+import typing
+from collections.abc import Callable
 
-import yaml
-from trl import TrlParser
-
-__all__ = ["ConfigError", "add_training_command", "parse_config", "recipe_defaults", "run_training", "train_and_save"]
+__all__ = [
+    "ConfigError",
+    "TrainingCommand",
+    "add_training_command",
+    "build_trainer",
+    "parse_config",
+    "recipe_defaults",
+    "run_training",
+    "train_and_save",
+]
 
 
 class ConfigError(ValueError):
@@ -35,6 +49,8 @@ def _keys(strings: list[str]) -> list[str]:
 
 def _check_config_keys(path: str, known: list[str]) -> None:
     """Read the YAML once more than TrlParser does, to name unknown keys (TrlParser lists them as '--key value')."""
+    import yaml
+
     try:
         with open(path) as f:
             config = yaml.safe_load(f)
@@ -52,6 +68,9 @@ def _check_config_keys(path: str, known: list[str]) -> None:
         )
 
 
+CONFIG_EPILOG = "--config FILE.yaml reads options from a YAML mapping (option: value); flags given here override it."
+
+
 def parse_config(dataclass_types, argv: list[str], prog: str, defaults: dict | None = None) -> tuple:
     """Instances of `dataclass_types` from `argv` (which may hold `--config FILE.yaml`).
 
@@ -59,8 +78,9 @@ def parse_config(dataclass_types, argv: list[str], prog: str, defaults: dict | N
     Raises ConfigError for a missing or unreadable config file and for unknown keys; `--help` raises SystemExit(0)
     after printing the help, as argparse does.
     """
-    epilog = "--config FILE.yaml reads options from a YAML mapping (option: value); flags given here override it."
-    parser = TrlParser(dataclass_types, prog=prog, allow_abbrev=False, epilog=epilog)
+    from trl import TrlParser
+
+    parser = TrlParser(dataclass_types, prog=prog, allow_abbrev=False, epilog=CONFIG_EPILOG)
     if defaults:
         parser.set_defaults(**defaults)
     argv, path = list(argv), None
@@ -82,6 +102,143 @@ def parse_config(dataclass_types, argv: list[str], prog: str, defaults: dict | N
     except ValueError as error:  # a config's own validation (e.g. GRPOConfig's batch-size checks)
         raise ConfigError(str(error)) from error
     return tuple(parsed)
+
+
+# ------------------------------------------------------------------------------------------------ short --help
+
+
+def _metavar(kind) -> tuple[str, str | None]:
+    """(metavar, nargs) for a field type in the syntax TrlParser accepts: `--flag [BOOL]`, `--list X [X ...]`."""
+    if typing.get_origin(kind) is typing.Union or type(kind).__name__ == "UnionType":  # Optional[X] -> X
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is bool:
+        return "BOOL", "?"
+    if typing.get_origin(kind) is list:
+        return _metavar(typing.get_args(kind)[0])[0], "+"
+    if typing.get_origin(kind) is typing.Literal:
+        return "{" + ",".join(str(a) for a in typing.get_args(kind)) + "}", None
+    return getattr(typing.get_origin(kind) or kind, "__name__", "value").upper(), None
+
+
+def _add_field_help(parser: argparse.ArgumentParser, cls, shown: set[str]) -> None:
+    """One help row per field of `cls` not already in `shown`, in a group named after the class."""
+    doc = (cls.__doc__ or "").strip().splitlines()
+    group = parser.add_argument_group(cls.__name__, doc[0] if doc else None)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in shown or not f.init:
+            continue
+        shown.add(f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        metavar, nargs = _metavar(hints[f.name])
+        help_text = f.metadata.get("help", "").replace("%", "%%") + " (default: %(default)s)"
+        group.add_argument(f"--{f.name}", metavar=metavar, nargs=nargs, default=default, help=help_text)
+
+
+class _ParagraphsFormatter(argparse.HelpFormatter):
+    """Wraps each paragraph of a description or epilog on its own (argparse joins them into one), and never inside
+    an option name (`--help-all`)."""
+
+    def _fill_text(self, text, width, indent):
+        paragraphs = (" ".join(p.split()) for p in text.split("\n\n"))
+        return "\n\n".join(
+            textwrap.fill(p, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
+            for p in paragraphs
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingCommand:
+    """What `grpo` and `gkd` differ in; parsing, `--help` and the subcommand handler are shared.
+
+    `script_arguments` and `own_arguments` are plain dataclasses (they import nothing heavy), so `--help` can
+    list them without importing TRL; `config()` returns the full config class (TRL's config + `own_arguments`).
+    """
+
+    name: str
+    script_arguments: type
+    own_arguments: tuple[type, ...]
+    config: Callable[[], type]
+    build: Callable
+    trl_config: str  # e.g. "GRPOConfig", for the help text
+    trl_docs: str  # TRL's page of that trainer
+    examples: str  # a few of TRL's options, for the help text
+
+    @property
+    def prog(self) -> str:
+        return f"trl-attention {self.name}"
+
+    def dataclass_types(self) -> tuple:
+        """(script arguments, full config, TRL's ModelConfig): what TrlParser parses."""
+        from trl import ModelConfig
+
+        return (self.script_arguments, self.config(), ModelConfig)
+
+    def format_help(self, defaults: dict | None = None) -> str:
+        """The short `--help`: this command's own options, then where TRL's are documented."""
+        epilog = (
+            f"Every field of TRL's {self.trl_config} (with transformers' TrainingArguments) and of TRL's ModelConfig "
+            f"is accepted too, e.g. {self.examples}. The options above are documented in docs/configuration.md, "
+            f"TRL's in TRL's documentation ({self.trl_docs}); `{self.prog} --help-all` lists every option."
+            f"\n\n{CONFIG_EPILOG} Flags may also be spelled with dashes (--max-steps)."
+        )
+        parser = argparse.ArgumentParser(
+            prog=self.prog,
+            usage=f"{self.prog} [-h] [--help-all] [--config FILE.yaml] [--OPTION VALUE ...]",
+            add_help=False,
+            formatter_class=_ParagraphsFormatter,
+            epilog=epilog,
+        )
+        parser.add_argument("-h", "--help", action="store_true", help="show this help message and exit")
+        parser.add_argument("--help-all", action="store_true", help="show every option, TRL's included, and exit")
+        parser.add_argument("--config", metavar="FILE.yaml", help="read options from this YAML file")
+        shown: set[str] = set()
+        for cls in (self.script_arguments, *self.own_arguments):
+            _add_field_help(parser, cls, shown)
+        if defaults:  # an example script's recipe values, as TrlParser's help would show them
+            parser.set_defaults(**{key: value for key, value in defaults.items() if key in shown})
+        return parser.format_help()
+
+    def parse(self, argv: list[str], defaults: dict | None = None) -> tuple:
+        """(script args, config, ModelConfig) from argv (may contain `--config FILE.yaml`), as `parse_config`.
+
+        `-h`/`--help` prints the short help and `--help-all` TrlParser's full one; both raise SystemExit(0).
+        """
+        argv = list(argv)
+        if "--help-all" in argv:
+            argv = ["--help"]
+        elif "-h" in argv or "--help" in argv:
+            print(self.format_help(defaults), end="")
+            raise SystemExit(0)
+        return parse_config(self.dataclass_types(), argv, self.prog, defaults)
+
+    def register(self, commands, command) -> Callable[[argparse.Namespace], int]:
+        """The subcommand (see `trl_attention.cli.COMMANDS`)."""
+        return add_training_command(commands, command.name, command.help, self.parse, self.build)
+
+
+# ------------------------------------------------------------------------------------------------ build, train, save
+
+
+def build_trainer(trainer_class, script_args, training_args, model_args, prepare=None, **kwargs):
+    """Load the model, processor and dataset the options name, make `trainer_class` on them (LoRA from
+    `model_args`) and attach the heatmap callback. `prepare(dataset)`: the training set derived from the prepared
+    dataset (the heatmaps still use the prepared rows); `kwargs` go to the trainer."""
+    from trl import get_peft_config
+
+    from .data import add_heatmap_callback, load_model_and_data
+
+    model, processor, dataset = load_model_and_data(script_args, model_args, training_args.seed)
+    trainer = trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=prepare(dataset) if prepare is not None else dataset,
+        processing_class=processor,
+        peft_config=get_peft_config(model_args),
+        **kwargs,
+    )
+    add_heatmap_callback(trainer, script_args, dataset)
+    return trainer
 
 
 def train_and_save(trainer, training_args):
@@ -109,7 +266,7 @@ def run_training(argv: list[str], parse, build) -> int:
 
 
 def add_training_command(commands, name: str, help: str, parse, build):
-    """Register `name` so that everything after it reaches `run_training(argv, parse, build)` untouched (TrlParser
+    """Register `name` so that everything after it reaches `run_training(argv, parse, build)` untouched (`parse`
     does the parsing, including `--help`); returns the `handler(args) -> int` that `cli.build_parser` expects."""
     # A prefix character no option uses: argparse then treats `--config x.yaml ...` as the REMAINDER positional.
     sub = commands.add_parser(name, help=help, add_help=False, prefix_chars="\x00")
@@ -124,5 +281,4 @@ def add_training_command(commands, name: str, help: str, parse, build):
         except SystemExit as exit_:  # --help (0) or an argparse usage error (2)
             return exit_.code if isinstance(exit_.code, int) else 2
 
-    handler.command = name
     return handler

@@ -8,19 +8,18 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ..vrga.config import VRGAConfig
-from ..vrga.qa import answer_questions, load_model
+from ..vrga.config import VRGAConfig  # a plain dataclass: `vrga --help` imports no torch
 
 __all__ = ["register"]
 
 
-def register(commands) -> callable:
-    """The `vrga` subcommand (see `trl_attention.cli.SUBCOMMANDS`)."""
+def register(commands, command) -> callable:
+    """The `vrga` subcommand (see `trl_attention.cli.COMMANDS`)."""
     from . import add_dataclass_arguments
 
     parser = commands.add_parser(
-        "vrga",
-        help="Answer a question about an image with and without VRGA (training-free visual attention boost).",
+        command.name,
+        help=command.help,
         description="Greedy answers with plain generation and with VRGA, plus a PNG of the focus map per image.",
     )
     parser.add_argument("--model", required=True, help="Local directory of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL model.")
@@ -34,7 +33,6 @@ def register(commands) -> callable:
     )
     parser.add_argument("--device", default="cpu", help="Torch device (default: %(default)s)")
     add_dataclass_arguments(parser, VRGAConfig)
-    _run.command = "vrga"
     return _run
 
 
@@ -49,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..plotting import plot_heatmap
+    from ..vrga.qa import answer_questions, load_model
 
     try:
         config = VRGAConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(VRGAConfig)})
