@@ -1,10 +1,12 @@
-"""Accuracy with and without VRGA on a JSONL of {"image": path, "question": ..., "answer": ...}.
+"""Accuracy without VRGA and with each VRGA preset on a JSONL of {"image": path, "question": ..., "answer": ...}.
 
-    python examples/vrga_eval.py --model DIR --data questions.jsonl [--gamma 0.5] [--limit 100]
+    python examples/vrga_eval.py --model DIR --data questions.jsonl [--preset reference|paper] [--gamma 0.5]
 
 Image paths are relative to the JSONL's folder unless absolute (`image` may also be a list of paths). A prediction
 is correct when the answer's words appear contiguously in it, case-blind (`trl_attention.vrga.qa.is_correct`).
-Every `VRGAConfig` field is a flag. Prints both accuracies and the change.
+Every `VRGAConfig` field is a flag. Without --preset both presets run ("reference": what the released code computes;
+"paper": the paper's rules; docs/vrga-fidelity.md). Prints each accuracy, its change, and per preset the mean
+number of boosted heads (heads boosted at least once) and of focus tokens per sample.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from PIL import Image
 
 from trl_attention.cli import add_dataclass_arguments
 from trl_attention.vrga import VRGAConfig
+from trl_attention.vrga.config import PRESETS
 from trl_attention.vrga.qa import answer_questions, is_correct, load_model
 
 
@@ -49,21 +52,36 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     add_dataclass_arguments(parser, VRGAConfig)
+    parser.set_defaults(preset=None)  # no --preset: evaluate both
     args = parser.parse_args(argv)
-    config = VRGAConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(VRGAConfig)})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(VRGAConfig) if f.name != "preset"}
+    configs = {name: VRGAConfig(preset=name, **values) for name in ([args.preset] if args.preset else PRESETS)}
     rows = read_jsonl(args.data, args.limit)
     model, processor = load_model(args.model, args.device)
     samples = [(images, question) for images, question, _ in rows]
-    results = {}
-    for name, cfg in (("plain", None), ("vrga", config)):
-        answers, _ = answer_questions(model, processor, samples, cfg, args.max_new_tokens, args.batch_size)
-        results[name] = sum(is_correct(a, row[2]) for a, row in zip(answers, rows)) / max(len(rows), 1)
+    accuracy, means = {}, {}
+    for name, cfg in {"plain": None, **configs}.items():
+        answers, diagnostics = answer_questions(model, processor, samples, cfg, args.max_new_tokens, args.batch_size)
+        accuracy[name] = sum(is_correct(a, row[2]) for a, row in zip(answers, rows)) / max(len(rows), 1)
+        means[name] = mean_counts(diagnostics)
     print(f"samples: {len(rows)}")
-    print(f"accuracy plain: {results['plain']:.4f}")
-    print(
-        f"accuracy vrga:  {results['vrga']:.4f}  (gamma={config.gamma}, change {results['vrga'] - results['plain']:+.4f})"
-    )
+    print(f"accuracy {'plain:':<11} {accuracy['plain']:.4f}")
+    for name, cfg in configs.items():
+        change = accuracy[name] - accuracy["plain"]
+        print(f"accuracy {name + ':':<11} {accuracy[name]:.4f}  (gamma={cfg.gamma}, change {change:+.4f})")
+    for name in configs:
+        heads, focus = means[name]
+        print(f"{name}: mean per sample: boosted heads {heads:.2f}, focus tokens {focus:.2f}")
     return 0
+
+
+def mean_counts(diagnostics) -> tuple:
+    """(heads boosted at least once, focus tokens), each averaged over the samples that have images."""
+    used = [d for d in diagnostics if d is not None]
+    if not used:
+        return 0.0, 0.0
+    heads = sum(int((d.boost_counts > 0).sum()) for d in used) / len(used)
+    return heads, sum(int(sum(f.sum() for f in d.focus)) for d in used) / len(used)
 
 
 if __name__ == "__main__":

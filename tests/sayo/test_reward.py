@@ -282,3 +282,51 @@ def test_two_images_per_sample_use_each_images_own_block_grid_and_size():
     mean_image = 1.0 / 12  # all mass on the 12 image tokens
     assert scores[0] == pytest.approx(math.tanh(math.log(0.6 / mean_image)), abs=1e-6)
     assert scores[1] == pytest.approx(math.tanh(math.log(0.4 / mean_image)), abs=1e-6)
+
+
+# -- reference_quirks: the released SAYO code's choices (docs/sayo-fidelity.md (a), (b), (g)) ------------------------
+def test_reference_quirks_box_edge_on_a_token_boundary():
+    """112x112 image, 4x4 tokens of 28 px: the box [28, 28, 56, 56] is exactly token (1, 1); the released code's
+    int(x2 // 28) also keeps row 2 and column 2."""
+    box, size, grid = [28, 28, 56, 56], (112, 112), (1, 8, 8)
+    assert region_token_indices(box, size, grid).tolist() == [5]
+    assert region_token_indices(box, size, grid, inclusive_end=True).tolist() == [5, 6, 9, 10]
+    assert region_token_indices([0, 0, 112, 112], size, grid, inclusive_end=True).numel() == 16  # clamped
+    rows = torch.full((1, 16), 0.5 / 15)
+    rows[0, 5] = 0.5
+    item = _item(rows, [torch.arange(16)], [grid])
+    kwargs = dict(completions=["a"], attention=[item], image=[type("Img", (), {"size": size})()], boxes=[[[box]]])
+    exact = RegionAttentionReward()(**kwargs)[0]
+    quirks = RegionAttentionReward(reference_quirks=True)(**kwargs)[0]
+    assert exact == pytest.approx(63 / 65, abs=1e-6)  # a / v = 0.5 / (1/16) = 8: tanh(log 8) = (64-1)/(64+1)
+    assert quirks == pytest.approx(4.76 / 6.76, abs=1e-6)  # a = (0.5 + 3 * 0.5/15) / 4 = 0.15, a / v = 2.4
+
+
+def test_reference_quirks_token_count_from_the_padded_length():
+    entropies = torch.tensor([0.1, 2.0, 0.5, 3.0, 0.2, 0.0, 1.0, 0.3, 0.4, 5.0])
+    reward = RegionAttentionReward(reference_quirks=True)
+    assert torch.nonzero(RegionAttentionReward().select_tokens(entropies)).flatten().tolist() == [1, 3, 9]  # ceil(3)
+    # C = 10: int(0.3 * 9) = 2 among the first 9 positions (the code drops the padded batch's last column)
+    assert torch.nonzero(reward.select_tokens(entropies, padded_length=10)).flatten().tolist() == [1, 3]
+    short = torch.tensor([0.2, 0.1])
+    assert int(RegionAttentionReward().select_tokens(short).sum()) == 1  # ceil(0.6)
+    assert int(reward.select_tokens(short, padded_length=10).sum()) == 2  # k = 2, as many as it has
+    # in a call, C is the longest completion: the long one's last token (entropy 5.0, on the box) is not selected
+    rows = torch.zeros(10, 4)
+    rows[:, 1] = 1.0
+    rows[9] = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    long_item = _item(rows, [torch.arange(4)], [(1, 4, 4)], entropies)
+    kwargs = dict(completions=["a"], attention=[long_item], image=[type("Img", (), {"size": (56, 56)})()])
+    kwargs["boxes"] = [[[[30, 2, 50, 20]]]]  # token 1 only, under both rules (no edge on a boundary)
+    assert reward(**kwargs)[0] == pytest.approx(math.tanh(math.log(1.0 / 0.25)), abs=1e-6)
+    picked = (1.0 + 1.0 + 0.0) / 3  # tokens 1, 3, 9 on token 1 of the image
+    assert RegionAttentionReward()(**kwargs)[0] == pytest.approx(math.tanh(math.log(picked / 0.25)), abs=1e-6)
+
+
+def test_reference_quirks_format_needs_the_last_answer_closed():
+    from trl_attention.sayo.reward import make_format_reward
+
+    ids = [[0] * 80] * 3
+    texts = ["<answer>a</answer> <answer>b", "<answer> <answer>b</answer>", "no tag"]
+    assert make_format_reward()(texts, ids) == [1.0, 1.0, 0.0]
+    assert make_format_reward(reference_quirks=True)(texts, ids) == [0.0, 1.0, 0.0]

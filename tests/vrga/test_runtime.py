@@ -49,7 +49,7 @@ def test_select_heads_known_answer_and_fallback():
     r_img[7, 3], efr[7, 3] = 5.0, 0.5  # the only focused, image-heavy head
     r_img[0, 5] = r_img[6, 3] = 0.001  # low-R heads: (0, 5) is among the first 64 pairs, (6, 3) = pair 63 too
     r_img[6, 4] = 0.001  # pair 64: outside the early window
-    visual, background, fallback = select_heads(r_img, efr, VRGAConfig())
+    visual, background, fallback = select_heads(r_img, efr, VRGAConfig(preset="paper"))
     assert not fallback
     assert torch.nonzero(visual).tolist() == [[7, 3]] or set(map(tuple, torch.nonzero(visual).tolist())) >= {(7, 3)}
     assert set(map(tuple, torch.nonzero(background).tolist())) == {(0, 5), (6, 3)}
@@ -57,7 +57,7 @@ def test_select_heads_known_answer_and_fallback():
     efr2 = efr.clone()
     efr2[7, 3] = 10.0
     efr2[1, 1] = 0.1  # focused but with an ordinary R_img
-    visual2, _, fallback2 = select_heads(r_img, efr2, VRGAConfig(visual_r_percentile=99.0))
+    visual2, _, fallback2 = select_heads(r_img, efr2, VRGAConfig(preset="paper", visual_r_percentile=99.0))
     assert fallback2 and torch.equal(visual2, r_img >= torch.quantile(r_img.flatten().double(), 0.99).float())
 
 
@@ -73,7 +73,7 @@ def test_refined_map_and_focus_tokens_known_answer():
     maps[:, :, 0] = 0.5  # an attention sink in the corner
     visual = torch.tensor([[False, False], [True, False]])
     background = torch.tensor([[False, True], [False, False]])
-    cfg = VRGAConfig(min_focus_tokens=2)
+    cfg = VRGAConfig(preset="paper", min_focus_tokens=2)
     sink = sink_mask(grid, cfg.sink_exclusion)
     assert sink.view(6, 6)[0].all() and sink.view(6, 6)[:, 0].all() and sink.view(6, 6)[1, 1] and sink.sum() == 12
     refined = refined_map(maps, visual, background, sink, cfg)
@@ -83,7 +83,7 @@ def test_refined_map_and_focus_tokens_known_answer():
     # without background heads the distractor survives; min_focus_tokens tops up from the largest values
     kept = refined_map(maps, visual, torch.zeros_like(background), sink, cfg)
     assert (kept.view(6, 6)[1:3, 4:6] > 0).all()
-    many = focus_tokens(refined, sink, VRGAConfig(min_focus_tokens=10))
+    many = focus_tokens(refined, sink, VRGAConfig(preset="paper", min_focus_tokens=10))
     assert many.sum() == 10 and (many.view(6, 6) >= (target > 0)).all() and not (many & sink).any()
 
 
@@ -157,7 +157,8 @@ def test_boosted_rows_are_reweighted_and_renormalised(vlm):
         if query.shape[2] == 1:
             seen.append((query, key, value, mask, output[0], module.scaling))
 
-    cfg = VRGAConfig(gamma=gamma, boost_r_min=1.0)  # the tiny model's R_img is ~1: some heads pass, some do not
+    # the paper's boost test (image-only keys, renormalised entropy); the reference's is in test_reference.py
+    cfg = VRGAConfig(preset="paper", gamma=gamma, boost_r_min=1.0)  # tiny model's R_img ~1: some heads pass
     with enable_vrga(model, cfg) as vrga, attention_hooks(model, observe):
         model.generate(**inputs, **GEN)
     image = inputs["input_ids"] == model.config.image_token_id
@@ -188,7 +189,7 @@ def test_boosted_rows_are_reweighted_and_renormalised(vlm):
 def test_stage_one_statistics_match_eager_attentions(vlm):
     model, processor = vlm
     inputs, _, _ = _batch(processor)
-    with enable_vrga(model, VRGAConfig()) as vrga:
+    with enable_vrga(model, VRGAConfig(preset="paper")) as vrga:  # last prompt token, image tokens only
         model(**inputs)
     eager = copy.deepcopy(model)
     eager.set_attn_implementation("eager")
@@ -200,16 +201,17 @@ def test_stage_one_statistics_match_eager_attentions(vlm):
         r, h, efr = head_statistics(rows[b][..., valid], image)
         torch.testing.assert_close(diag.r_img, r, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(diag.h_img, h, atol=1e-5, rtol=1e-5)
-        visual, background, _ = select_heads(r, efr, VRGAConfig())
+        visual, background, _ = select_heads(r, efr, VRGAConfig(preset="paper"))
         assert diag.visual_heads == [tuple(p) for p in torch.nonzero(visual).tolist()]
         assert diag.background_heads == [tuple(p) for p in torch.nonzero(background).tolist()]
     assert [m.shape for m in vrga.diagnostics[0].focus] == [(4, 4), (3, 4)]  # two images: 112x112 and 112x84
 
 
-def test_batch_with_left_padding_equals_one_at_a_time(vlm):
+@pytest.mark.parametrize("preset", ["reference", "paper"])
+def test_batch_with_left_padding_equals_one_at_a_time(vlm, preset):
     model, processor = vlm
     inputs, texts, images = _batch(processor)
-    cfg = VRGAConfig(gamma=2.0, sink_exclusion="none", min_focus_tokens=3)
+    cfg = VRGAConfig(preset=preset, gamma=2.0, sink_exclusion="none", min_focus_tokens=3)
     with enable_vrga(model, cfg) as vrga:
         batched = model.generate(**inputs, **GEN)
         together = vrga.diagnostics
@@ -227,6 +229,7 @@ def test_batch_with_left_padding_equals_one_at_a_time(vlm):
             assert torch.equal(together[b].boost_counts, alone.boost_counts)
             pad = int((inputs["attention_mask"][b] == 0).sum())
             assert torch.equal(together[b].focus_positions - pad, alone.focus_positions)
+            assert together[b].query_position - pad == alone.query_position
 
 
 def test_gamma_changes_the_distribution_and_explicit_modes_agree(vlm):
@@ -256,7 +259,8 @@ def test_other_families(kind):
     plain = model.generate(**inputs, **gen)
     with enable_vrga(model, VRGAConfig(gamma=0.0)):
         same = model.generate(**inputs, **gen)
-    with enable_vrga(model, VRGAConfig(gamma=4.0, min_focus_tokens=1, radius=0, sink_exclusion="none")) as vrga:
+    steer = VRGAConfig(preset="paper", gamma=4.0, min_focus_tokens=1, radius=0, sink_exclusion="none")
+    with enable_vrga(model, steer) as vrga:
         steered = model.generate(**inputs, **gen)
     assert torch.equal(plain.sequences, same.sequences)
     assert all(torch.equal(a, b) for a, b in zip(plain.scores, same.scores))
@@ -286,12 +290,12 @@ def test_unsupported_models_are_clear_errors(vlm):
 def test_readme_snippet_runs(vlm):
     import re
 
-    readme = (ROOT / "README.md").read_text()
-    code = re.search(r"## VRGA.*?```python\n(.*?)```", readme, re.DOTALL).group(1)
+    readme = (ROOT / "docs" / "vrga.md").read_text()
+    code = re.search(r"# VRGA.*?```python\n(.*?)```", readme, re.DOTALL).group(1)
     model, processor = vlm
     inputs, _, _ = _batch(processor)
     attn = torch.softmax(torch.randn(2, 3, 10), -1)
     namespace = {"model": model, "inputs": inputs, "attn": attn, "image_mask": torch.arange(10) < 4}
-    exec(compile(code.replace("max_new_tokens=128", "max_new_tokens=3"), "README.md", "exec"), namespace)
+    exec(compile(code.replace("max_new_tokens=128", "max_new_tokens=3"), "docs/vrga.md", "exec"), namespace)
     assert namespace["d"].focus[0].shape == (4, 4) and namespace["r_img"].shape == (2, 3)
     assert namespace["out"].shape[1] == inputs["input_ids"].shape[1] + 3

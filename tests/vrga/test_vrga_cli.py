@@ -86,7 +86,7 @@ def test_cli_prints_both_answers_and_writes_the_focus_heatmaps(tiny_dir, data, t
     assert "neighborhood" in capsys.readouterr().err
 
 
-def test_eval_script_prints_both_accuracies(tiny_dir, data, capsys):
+def test_eval_script_prints_the_accuracy_of_each_preset(tiny_dir, data, capsys):
     path, samples, answers = data
     spec = importlib.util.spec_from_file_location("vrga_eval", EXAMPLES / "vrga_eval.py")
     module = importlib.util.module_from_spec(spec)
@@ -100,11 +100,19 @@ def test_eval_script_prints_both_accuracies(tiny_dir, data, capsys):
     )
     out = capsys.readouterr().out
     model, processor = load_model(tiny_dir)
-    for name, cfg in (("plain: ", None), ("vrga:  ", VRGAConfig(gamma=1.5))):
-        predictions, _ = answer_questions(model, processor, samples, cfg, 4, batch_size=3)
+    configs = {"plain": None, "reference": VRGAConfig(gamma=1.5), "paper": VRGAConfig(preset="paper", gamma=1.5)}
+    for name, cfg in configs.items():
+        predictions, diagnostics = answer_questions(model, processor, samples, cfg, 4, batch_size=3)
         accuracy = sum(is_correct(p, a) for p, a in zip(predictions, answers)) / 3
-        assert f"accuracy {name}{accuracy:.4f}" in out
+        assert f"accuracy {name + ':':<11} {accuracy:.4f}" in out
+        if cfg is not None:
+            heads = sum(int((d.boost_counts > 0).sum()) for d in diagnostics) / 3
+            focus = sum(int(sum(f.sum() for f in d.focus)) for d in diagnostics) / 3
+            assert f"{name}: mean per sample: boosted heads {heads:.2f}, focus tokens {focus:.2f}" in out
     assert "samples: 3" in out
+    assert module.main(["--model", tiny_dir, "--data", str(path), "--max_new_tokens", "2", "--preset", "paper"]) == 0
+    only = capsys.readouterr().out
+    assert "accuracy paper:" in only and "reference" not in only
     bad = path.parent / "bad.jsonl"
     bad.write_text('{"image": "0.png", "question": "q"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1: missing field"):

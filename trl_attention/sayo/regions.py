@@ -6,7 +6,8 @@ uniformly, so in ORIGINAL pixel coordinates token cell (r, c) of a (h, w)-patch 
 [c*W/cols, (c+1)*W/cols) x [r*H/rows, (r+1)*H/rows) with rows = h/merge, cols = w/merge: the patch size never
 enters (14 px for Qwen2/2.5-VL, 16 px for Qwen3-VL give the same mapping). Arithmetic is done in units scaled by
 the grid size, so integer boxes on cell borders are exact. A LLaVA-style fixed grid is the same with given
-rows/cols (`fixed_grid_token_indices`).
+rows/cols (`fixed_grid_token_indices`). `inclusive_end=True` reproduces the released SAYO code's rounding, which
+also keeps the row/column a box edge only touches (docs/sayo-fidelity.md).
 """
 
 from __future__ import annotations
@@ -49,9 +50,20 @@ def _axis_overlap(lo: float, hi: float, extent: float, cells: int) -> torch.Tens
     return covered / extent
 
 
-def fixed_grid_token_indices(box, image_size, grid, frames: int = 1, min_overlap: float = 0.0, normalized=False):
+def _inclusive_cells(lo: float, hi: float, extent: float, cells: int) -> torch.Tensor:
+    """Cells floor(lo * cells / extent) .. floor(hi * cells / extent), both included (the released code's
+    `int(x2 // 28)` end), clamped to the grid."""
+    first = min(int(lo * cells // extent), cells - 1)
+    last = min(int(hi * cells // extent), cells - 1)
+    return (torch.arange(cells) >= first) & (torch.arange(cells) <= last)
+
+
+def fixed_grid_token_indices(
+    box, image_size, grid, frames: int = 1, min_overlap: float = 0.0, normalized=False, inclusive_end=False
+):
     """Indices (row-major, frame-major) of the cells of a `grid = (rows, cols)` token grid over the image whose
-    area is covered by the box by MORE than `min_overlap` of the cell (0.0: any overlap)."""
+    area is covered by the box by MORE than `min_overlap` of the cell (0.0: any overlap). `inclusive_end`: the
+    released code's rule instead (cells from the one holding x1 to the one holding x2, both kept; no overlap test)."""
     rows, cols = (int(v) for v in grid)
     if rows < 1 or cols < 1:
         raise ValueError(f"grid must be positive, got {grid!r}")
@@ -59,12 +71,18 @@ def fixed_grid_token_indices(box, image_size, grid, frames: int = 1, min_overlap
         raise ValueError(f"min_overlap must be in [0, 1), got {min_overlap}")
     (x1, y1, x2, y2), _ = clip_box(box, image_size, normalized)
     width, height = image_size
-    share = _axis_overlap(y1, y2, float(height), rows)[:, None] * _axis_overlap(x1, x2, float(width), cols)[None, :]
-    cells = torch.nonzero((share > min_overlap).flatten()).flatten()
+    if inclusive_end:
+        inside = _inclusive_cells(y1, y2, float(height), rows)[:, None] & _inclusive_cells(x1, x2, float(width), cols)
+    else:
+        share = _axis_overlap(y1, y2, float(height), rows)[:, None] * _axis_overlap(x1, x2, float(width), cols)[None]
+        inside = share > min_overlap
+    cells = torch.nonzero(inside.flatten()).flatten()
     return torch.cat([cells + frame * rows * cols for frame in range(frames)])
 
 
-def region_token_indices(box, image_size, grid_thw, merge_size: int = 2, min_overlap: float = 0.0, normalized=False):
+def region_token_indices(
+    box, image_size, grid_thw, merge_size: int = 2, min_overlap: float = 0.0, normalized=False, inclusive_end=False
+):
     """Visual-token indices of one image covered by `box` (see module docstring).
 
     box: (x1, y1, x2, y2) in pixels of the original image (fractions with `normalized=True`); image_size: the
@@ -75,7 +93,7 @@ def region_token_indices(box, image_size, grid_thw, merge_size: int = 2, min_ove
     if patches_h % merge_size or patches_w % merge_size:
         raise ValueError(f"grid {tuple(grid_thw)} is not divisible by merge_size={merge_size}")
     grid = (patches_h // merge_size, patches_w // merge_size)
-    return fixed_grid_token_indices(box, image_size, grid, frames, min_overlap, normalized)
+    return fixed_grid_token_indices(box, image_size, grid, frames, min_overlap, normalized, inclusive_end)
 
 
 def visual_token_positions(input_ids: torch.Tensor, token_id: int, grids_thw, merge_size: int = 2):

@@ -79,17 +79,28 @@ class RegionAttentionReward(AttentionReward):
     Dataset: `boxes` column (per image, a list of (x1, y1, x2, y2) boxes; pixels unless `normalized_boxes`), and
     `image` or `images` (for the original sizes). Returns None (TRL skips it) for a row without boxes, and for a
     completion whose image tokens were truncated away; both are counted in logged metrics, as are clipped boxes.
+
+    `reference_quirks=True` reproduces two choices of the released SAYO code, to compare with the paper's numbers
+    (docs/sayo-fidelity.md): k = max(1, int(fraction * (C - 1))) tokens with C the longest completion of the call
+    (the padded batch length), and box edges on a token boundary keeping the touched row/column.
     """
 
     __name__ = "region_attention"
 
     def __init__(
-        self, boxes_column="boxes", top_entropy_fraction=0.3, variant="tanh", min_overlap=0.0, normalized_boxes=False
+        self,
+        boxes_column="boxes",
+        top_entropy_fraction=0.3,
+        variant="tanh",
+        min_overlap=0.0,
+        normalized_boxes=False,
+        reference_quirks=False,
     ):
         if not 0.0 < top_entropy_fraction <= 1.0:
             raise ValueError(f"top_entropy_fraction must be in (0, 1], got {top_entropy_fraction}")
         self.boxes_column, self.top_entropy_fraction, self.variant = boxes_column, top_entropy_fraction, variant
         self.min_overlap, self.normalized_boxes = min_overlap, normalized_boxes
+        self.reference_quirks = reference_quirks
 
     def validate(self, dataset) -> None:
         """Fail before training on boxes that are inverted, empty or entirely outside their image, naming the row."""
@@ -107,11 +118,21 @@ class RegionAttentionReward(AttentionReward):
                     except ValueError as error:
                         raise ValueError(f"row {index}, column `{self.boxes_column}`: {error}") from None
 
-    def select_tokens(self, entropies: torch.Tensor) -> torch.Tensor:
-        """Bool mask of the top `top_entropy_fraction` completion tokens by entropy (at least one)."""
-        count = max(1, math.ceil(self.top_entropy_fraction * entropies.numel()))
-        mask = torch.zeros(entropies.numel(), dtype=torch.bool)
-        mask[torch.topk(entropies.float(), count).indices] = True
+    def select_tokens(self, entropies: torch.Tensor, padded_length: int | None = None) -> torch.Tensor:
+        """Bool mask of the top `top_entropy_fraction` completion tokens by entropy (at least one).
+
+        `padded_length` C (reference_quirks): the released code's k = max(1, int(fraction * (C - 1))) over the first
+        C - 1 positions of the padded batch. Its picks past this completion's end (padding after EOS) have no
+        attention row here, so they are dropped: k is capped at the completion's own tokens among those positions.
+        """
+        n = entropies.numel()
+        if padded_length is None:
+            count, candidates = max(1, math.ceil(self.top_entropy_fraction * n)), n
+        else:
+            candidates = max(1, min(n, padded_length - 1))
+            count = min(max(1, int(self.top_entropy_fraction * (padded_length - 1))), candidates)
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[torch.topk(entropies[:candidates].float(), count).indices] = True
         return mask
 
     def __call__(self, completions, attention=None, **kwargs):
@@ -121,6 +142,8 @@ class RegionAttentionReward(AttentionReward):
             )
         counts = {"no_box": 0, "truncated": 0, "clipped_boxes": 0}
         scores, shares = [], []
+        lengths = [a.rows.shape[0] for a in attention if a is not None]
+        padded = max(lengths) if self.reference_quirks and lengths else None
         for index, item in enumerate(attention):
             per_image = (kwargs.get(self.boxes_column) or [None] * len(attention))[index] or []
             if not any(per_image):
@@ -141,14 +164,20 @@ class RegionAttentionReward(AttentionReward):
                 for box in boxes or []:
                     counts["clipped_boxes"] += int(clip_box(box, size, self.normalized_boxes)[1])
                     cells = region_token_indices(
-                        box, size, grid, item.merge_size, self.min_overlap, self.normalized_boxes
+                        box,
+                        size,
+                        grid,
+                        item.merge_size,
+                        self.min_overlap,
+                        self.normalized_boxes,
+                        self.reference_quirks,
                     )
                     region[positions[cells]] = True
             if not region.any():  # min_overlap can leave a small box without any token
                 counts["no_box"] += 1
                 scores.append(None)
                 continue
-            selected = None if item.entropies is None else self.select_tokens(item.entropies)
+            selected = None if item.entropies is None else self.select_tokens(item.entropies, padded)
             scores.append(float(region_attention_score(item.rows, region, image, selected, self.variant)))
             rows = item.rows if selected is None else item.rows[selected]
             shares.append(float(rows[:, region].sum() / rows[:, image].sum().clamp(min=1e-12)))
@@ -161,9 +190,18 @@ class RegionAttentionReward(AttentionReward):
         return scores
 
 
-def make_format_reward(min_tokens: int = 60, max_tokens: int = 100, ramp: float = 0.6):
+def _last_answer_closed(text: str) -> bool:
+    """The released code's test: the LAST `<answer>` of the text is followed by a `</answer>`."""
+    start = text.rfind("<answer>")
+    return start >= 0 and "</answer>" in text[start + len("<answer>") :]
+
+
+def make_format_reward(min_tokens: int = 60, max_tokens: int = 100, ramp: float = 0.6, reference_quirks=False):
     """Format reward of the SAYO code: 1 if an <answer>...</answer> tag is present, times a length ramp that is 1
-    for min_tokens <= n <= max_tokens, max(0, ramp * max_tokens / n) above and max(0, ramp * n / min_tokens) below."""
+    for min_tokens <= n <= max_tokens, max(0, ramp * max_tokens / n) above and max(0, ramp * n / min_tokens) below.
+    `reference_quirks=True`: the tag must be the last `<answer>` (the released code's regex), so
+    "<answer>a</answer> <answer>b" scores 0."""
+    has_tag = _last_answer_closed if reference_quirks else (lambda text: bool(ANSWER_TAG.search(text)))
 
     def format_reward(completions, completion_ids, **kwargs):
         rewards = []
@@ -175,7 +213,7 @@ def make_format_reward(min_tokens: int = 60, max_tokens: int = 100, ramp: float 
                 length = max(0.0, ramp * max_tokens / n)
             else:
                 length = max(0.0, ramp * n / min_tokens)
-            rewards.append(length if ANSWER_TAG.search(completion_text(completion)) else 0.0)
+            rewards.append(length if has_tag(completion_text(completion)) else 0.0)
         return rewards
 
     return format_reward

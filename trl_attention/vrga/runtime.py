@@ -1,8 +1,9 @@
 """`enable_vrga(model, config)`: VRGA at generation time through the capture layer's attention wrapper.
 
 Prefill (a forward whose input_ids hold more than one token): every decoder layer keeps its kernel's output and
-additionally computes the per-head softmax row of the LAST prompt token only (one (B, H, 1, T) product); after the
-last layer, stage 1 picks each sample's heads and focus tokens. Decoding (one query token): every layer computes
+additionally computes the per-head softmax row of ONE query token per sample (one (B, H, 1, T) product: the last
+prompt token, or the question's as the released code takes it, `VRGAConfig.query`); after the last layer, stage 1
+picks each sample's heads and focus tokens. Decoding (one query token): every layer computes
 the new token's per-head row (the statistics need it), decides per (sample, head) whether to boost, and in the
 default "correction" mode keeps the kernel's output and corrects the boosted heads with
     out' = (out + gamma * sum_S p_i v_i) / (1 + gamma * sum_S p_i)
@@ -24,7 +25,7 @@ from ..capture import AttentionHooks, CaptureError, spatial_merge_size, unwrap_m
 from ..ops.attention_rows import normalize_mask
 from ..sayo.regions import visual_token_positions
 from .config import VRGAConfig
-from .select import image_statistics, select_focus
+from .select import boosted_heads, image_statistics, select_focus
 
 __all__ = ["VRGA", "VRGADiagnostics", "enable_vrga", "head_rows"]
 
@@ -58,6 +59,7 @@ class VRGADiagnostics:
     boosted_tokens: list  # per image: bool grid of T_q and its neighbours (the tokens gamma multiplies)
     focus_positions: torch.Tensor  # sequence positions (in the padded prompt) of the boosted tokens
     boost_counts: torch.Tensor  # (L, H): decoding steps in which each head was boosted (updated while decoding)
+    query_position: int = -1  # position (in the padded prompt) of the stage-1 query row
 
 
 def _split_grids(input_ids, image_token_id: int, grids, merge: int):
@@ -108,11 +110,15 @@ class VRGA:
     """Handle of VRGA on a model: active from creation until `disable()` (or the end of a `with` block).
 
     `diagnostics` holds one `VRGADiagnostics` per sample of the last prompt (None for a sample without images).
+    `q_end_pos` (an int, or one per sample; settable between calls) overrides `config.q_end_pos`.
     """
 
-    def __init__(self, model: nn.Module, config: VRGAConfig | None = None):
+    def __init__(self, model: nn.Module, config: VRGAConfig | None = None, q_end_pos=None):
         self.config = config if config is not None else VRGAConfig()
+        self.q_end_pos = q_end_pos if q_end_pos is not None else self.config.q_end_pos
         base = unwrap_model(model)
+        self._end_of_turn = _end_of_turn_ids(base)
+        self._vision_start = getattr(base.config, "vision_start_token_id", None)
         name = type(base).__name__
         self.image_token_id = getattr(base.config, "image_token_id", None)
         if self.image_token_id is None:
@@ -179,7 +185,9 @@ class VRGA:
             cache = kwargs.get("past_key_values")
             if cache is not None and cache.get_seq_length() > 0:
                 raise ValueError("VRGA does not support chunked prefill or multi-token continuation of a cache")
-            self._state = {"ids": ids, "n_keys": n_keys.to(ids.device, torch.float32), "prefill": {}, "ready": False}
+            keys = mask.bool() if mask is not None and mask.dim() == 2 else torch.ones_like(ids, dtype=torch.bool)
+            self._state = {"ids": ids, "keys": keys, "n_keys": n_keys.to(ids.device, torch.float32)}
+            self._state.update(prefill={}, ready=False)
             self.diagnostics = []
         elif self._state is not None and mask is not None and mask.dim() == 2:
             self._state["n_keys"] = n_keys.to(torch.float32)
@@ -193,12 +201,52 @@ class VRGA:
         if not (input_ids == self.image_token_id).any():
             grids = None
         samples = _split_grids(input_ids, self.image_token_id, grids, self.merge)
-        flat = [torch.cat(pos) if pos else torch.zeros(0, dtype=torch.long, device=device) for pos, _ in samples]
-        index, valid = _pad(flat, device)
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        flat = [torch.cat(pos) if pos else empty for pos, _ in samples]
+        slot = self.config.image_span == "vision_start"
+        spans = [
+            torch.cat([self._span(ids, p) for p in pos]) if pos else empty for ids, (pos, _) in zip(input_ids, samples)
+        ]  # noqa: E501
+        index, valid = _pad(spans if slot else flat, device)
         state.update(samples=samples, flat=flat, img_index=index, img_valid=valid, has_image=valid.any(-1))
+        keys = state["key_mask"] = state.pop("keys").to(device)
+        rows = [self._query_row(b, ids, k, pos) for b, (ids, k, (pos, _)) in enumerate(zip(input_ids, keys, samples))]
+        query = torch.tensor(rows)
+        state["query"] = query.to(device)
+        visible = (keys & (torch.arange(keys.shape[1], device=device) <= state["query"][:, None])).sum(-1)
+        state["stage1_keys"] = (visible if self.config.r_img_keys == "visible" else keys.sum(-1)).float()
+
+    def _span(self, ids, positions):
+        """An image's stage-1 keys: its tokens, preceded by its <|vision_start|> with image_span="vision_start"."""
+        if self.config.image_span == "image":
+            return positions
+        slot = int(positions[0]) - 1
+        if slot < 0 or (self._vision_start is not None and int(ids[slot]) != self._vision_start):
+            raise ValueError(
+                f"VRGA image_span='vision_start': the token before the image at position {int(positions[0])} is not "
+                f"<|vision_start|> (id {self._vision_start}); use image_span='image'"
+            )
+        return torch.cat([positions.new_tensor([slot]), positions])
+
+    def _query_row(self, b, ids, keys, positions) -> int:
+        """Stage-1 query row of sample b, as a position in its padded prompt (see VRGAConfig.query)."""
+        last = ids.shape[0] - 1
+        q_end = self.q_end_pos[b] if isinstance(self.q_end_pos, (list, tuple)) else self.q_end_pos
+        if q_end is not None:
+            row = int(torch.nonzero(keys)[0]) + int(q_end) - 1
+            if not 0 <= row <= last:
+                raise ValueError(f"VRGA: q_end_pos={q_end} puts the query row outside the prompt of {last + 1} tokens")
+            return row
+        if self.config.query == "last" or not positions:
+            return last
+        vision_end = int(positions[-1][-1]) + 1  # the question follows the last image's <|vision_end|>
+        after = torch.isin(ids[vision_end + 1 :], ids.new_tensor(self._end_of_turn))
+        if not after.any():
+            return last
+        return max(vision_end + int(torch.nonzero(after)[0]) - 1, 0)
 
     def _finish_prefill(self, state):
-        """Stage 1 for every sample, once all layers have reported their last-prompt-token rows."""
+        """Stage 1 for every sample, once all layers have reported their query rows."""
         layers = [state["prefill"].pop(i) for i in range(self.num_layers)]
         r_img, h_img, efr, maps = (torch.stack([layer[k] for layer in layers], dim=1) for k in range(4))
         batch, _, heads = r_img.shape
@@ -210,7 +258,9 @@ class VRGA:
                 boosted.append(state["flat"][b])
                 self.diagnostics.append(None)
                 continue
-            sel = select_focus(r_img[b], efr[b], maps[b, :, :, :n_image], grids, self.config)
+            slot = self.config.image_span == "vision_start"
+            n_span = n_image + len(grids) * int(slot)
+            sel = select_focus(r_img[b], efr[b], maps[b, :, :, :n_span], grids, self.config, slot)
             boosted.append(state["flat"][b][sel.boosted])
             views = [_grid_views(t, grids) for t in (sel.refined, sel.focus, sel.boosted)]
             stats = [t[b].cpu() for t in (r_img, h_img, efr)]
@@ -223,6 +273,7 @@ class VRGA:
                     *views,
                     focus_positions=boosted[-1].cpu(),
                     boost_counts=counts[b],
+                    query_position=int(state["query"][b]),
                 )
             )
         state["boost_index"], state["boost_valid"] = _pad(boosted, r_img.device)
@@ -242,13 +293,9 @@ class VRGA:
                 self._locate_images(state)
             is_causal = kwargs.get("is_causal")
             is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-            weights = output[1]
-            if weights is not None:  # eager base: its probabilities are already there
-                rows = weights[:, :, -1].float()
-            else:
-                bias = normalize_mask(attention_mask, batch, 1, q_len, key.shape[2], is_causal, query.device)
-                rows = head_rows(query[:, :, -1:], key, bias, scaling)[:, :, 0]
-            state["prefill"][layer] = self._statistics(state, rows) + (self._gather(rows, state["img_index"]),)
+            rows = self._query_rows(state, query, key, attention_mask, output[1], is_causal, scaling)
+            stats = self._statistics(state, rows, state["stage1_keys"])
+            state["prefill"][layer] = stats + (self._gather(rows, state["img_index"]),)
             if len(state["prefill"]) == self.num_layers:
                 self._finish_prefill(state)
             return None
@@ -260,10 +307,27 @@ class VRGA:
     def _gather(rows, index):
         return rows.gather(-1, index[:, None, :].expand(-1, rows.shape[1], -1))
 
-    def _statistics(self, state, rows):
+    @staticmethod
+    def _query_rows(state, query, key, attention_mask, weights, is_causal, scaling):
+        """(B, H, T) fp32 probabilities of each sample's stage-1 query row (`state["query"]`)."""
+        batch, heads, q_len, dim = query.shape
+        where = state["query"]
+        if weights is not None:  # eager base: its probabilities are already there
+            index = where[:, None, None, None].expand(-1, heads, 1, weights.shape[-1])
+            return weights.gather(2, index)[:, :, 0].float()
+        if bool((where == q_len - 1).all()):  # the last prompt token: the kernel's own mask row
+            bias = normalize_mask(attention_mask, batch, 1, q_len, key.shape[2], is_causal, query.device)
+            return head_rows(query[:, :, -1:], key, bias, scaling)[:, :, 0]
+        keys = state["key_mask"]
+        keep = keys & (torch.arange(keys.shape[1], device=keys.device) <= where[:, None])
+        bias = torch.where(keep, 0.0, float("-inf"))[:, None, None, :].float()
+        picked = query.gather(2, where[:, None, None, None].expand(-1, heads, 1, dim))
+        return head_rows(picked, key, bias, scaling)[:, :, 0]
+
+    def _statistics(self, state, rows, n_keys=None, entropy: str = "image"):
         image_probs = self._gather(rows, state["img_index"])
-        mean_all = rows.sum(-1) / state["n_keys"][:, None]
-        return image_statistics(image_probs, mean_all, state["img_valid"][:, None])
+        mean_all = rows.sum(-1) / (state["n_keys"] if n_keys is None else n_keys)[:, None]
+        return image_statistics(image_probs, mean_all, state["img_valid"][:, None], entropy)
 
     def _decode_step(self, state, layer, query, key, value, attention_mask, output, scaling):
         batch, heads = query.shape[:2]
@@ -274,9 +338,9 @@ class VRGA:
         else:
             bias = normalize_mask(attention_mask, batch, 1, 1, length, False, query.device)
             rows = head_rows(query, key, bias, scaling)[:, :, 0]  # (B, H, T)
-        r_img, h_img, _ = self._statistics(state, rows)
+        r_img, h_img, _ = self._statistics(state, rows, entropy=self.config.boost_entropy)
         cfg = self.config
-        boost = (r_img > cfg.boost_r_min) & (r_img > cfg.boost_r_over_h * h_img) & state["has_image"][:, None]
+        boost = boosted_heads(r_img, h_img, cfg) & state["has_image"][:, None]
         state["counts"][:, layer] += boost
         gain = cfg.gamma * boost.to(torch.float32)  # (B, H): gamma on boosted heads, 0 elsewhere
         index, valid = state["boost_index"], state["boost_valid"]
@@ -299,10 +363,23 @@ class VRGA:
         return out.to(attn_output.dtype), output[1]
 
 
-def enable_vrga(model: nn.Module, config: VRGAConfig | None = None) -> VRGA:
+def enable_vrga(model: nn.Module, config: VRGAConfig | None = None, q_end_pos=None) -> VRGA:
     """Turn VRGA on for `model` (a Qwen2-VL / Qwen2.5-VL / Qwen3-VL-style VLM on sdpa or eager attention).
 
     Returns the handle: `with enable_vrga(model, cfg) as vrga: model.generate(**inputs)`, or keep it and call
     `vrga.disable()`. `vrga.diagnostics` describes the last prompt (heads, refined map and focus tokens per image).
+    `q_end_pos`: the released eval_qwen.py's question end (stage-1 query row q_end_pos - 1 in the unpadded prompt),
+    an int or one per sample; overrides `config.q_end_pos` and `config.query`.
     """
-    return VRGA(model, config)
+    return VRGA(model, config, q_end_pos)
+
+
+def _end_of_turn_ids(base) -> list:
+    """Token ids that close the user turn (the model's eos ids: <|im_end|> on Qwen-VL), for query="question"."""
+    found = []
+    for source in (base.config, getattr(base.config, "text_config", None), getattr(base, "generation_config", None)):
+        ids = getattr(source, "eos_token_id", None) if source is not None else None
+        for i in ids if isinstance(ids, (list, tuple)) else [ids]:
+            if i is not None and int(i) not in found:
+                found.append(int(i))
+    return found
