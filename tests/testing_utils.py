@@ -2,6 +2,7 @@
 
 import contextlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -65,3 +66,57 @@ def hand_jsd(p, q):
     m = 0.5 * (p + q)
     kl = lambda a: (a * (torch.log(a.clamp_min(1e-30)) - torch.log(m.clamp_min(1e-30)))).sum(-1)
     return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+class RecordingDict(dict):
+    """A batch that remembers which keys were read (indexing, `get`, `in`)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read = set()
+
+    def __getitem__(self, key):
+        return self.read.add(key) or super().__getitem__(key)
+
+    def get(self, key, default=None):
+        return self.read.add(key) or super().get(key, default)
+
+    def __contains__(self, key):
+        return self.read.add(key) or super().__contains__(key)
+
+
+def grpo_trainer(output_dir, model=None, processor=None, dataset=None, reward_funcs=length_reward, **overrides):
+    """A plain `trl.GRPOTrainer` on the tiny LM (imports inside: conftest imports this module before triton's
+    interpreter flag is set)."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from trl_attention.tiny import build_tiny_lm
+
+    if model is None:
+        model, processor = build_tiny_lm(seed=0)
+    dataset = Dataset.from_dict({"prompt": PROMPTS * 4}) if dataset is None else dataset
+    args = trainer_args(GRPOConfig, output_dir, **overrides)
+    kwargs = dict(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=processor)
+    trainer = GRPOTrainer(**kwargs)
+    trainer.current_gradient_accumulation_steps = 1  # set by transformers' training loop, which these tests skip
+    return trainer
+
+
+def record_calls(trainer, names, calls):
+    """Wrap the trainer's methods `names` on the instance: TRL must reach them through `self`."""
+    for name in names:
+
+        def wrapper(*args, _name=name, _method=getattr(trainer, name), **kwargs):
+            result = _method(*args, **kwargs)
+            calls.append(SimpleNamespace(name=_name, args=args, kwargs=kwargs, result=result))
+            return result
+
+        setattr(trainer, name, wrapper)
+
+
+def check_metrics_are_averaged(trainer):
+    trainer.model.train()
+    trainer._metrics["train"]["contract/probe"].extend([1.0, 3.0])  # what log_global_masked_mean does
+    trainer.log({})
+    assert trainer.state.log_history[-1]["contract/probe"] == 2.0, "TRL no longer averages _metrics when it logs"

@@ -2,19 +2,31 @@
 
 The trainers extend TRL through `super()` and small overrides. What they rely on beyond TRL's public API is listed
 here, and `tests/test_trl_contract.py` checks each item against the installed TRL (signatures, return shapes,
-batch keys, the old-logps condition, the loss normalisation per `loss_type`, computed by TRL's own `_compute_loss`):
+batch keys, the old-logps condition, the loss normalisation per `loss_type`, computed by TRL's own `_compute_loss`);
+docs/trl-internals.md says where each is used and what to do when a TRL release changes one:
 
 - overridden private methods of `GRPOTrainer` (`GRPO_OVERRIDES`) and of `GKDTrainer` (`GKD_OVERRIDES`), with the
   parameters the overrides read or pass on;
-- attributes of the trainers read by this package (`GRPO_ATTRIBUTES`, `GKD_ATTRIBUTES`);
+- attributes read by this package: of the trainers (`GRPO_ATTRIBUTES`, `GKD_ATTRIBUTES`), the model-card class
+  attributes both trainers extend (`CLASS_ATTRIBUTES`, with the `_paper` keys `PAPER_KEYS`), the keys of GRPO's
+  rollout log `_logs` (`LOGS_KEYS`), and `current_gradient_accumulation_steps`, which transformers' training loop
+  sets and TRL's loss reads (`TRAINING_LOOP_ATTRIBUTES`);
 - batch keys: the multimodal model inputs of TRL's scoring forward (`SCORING_FORWARD_KEYS`), those the teacher
   forward takes as they are (`TEACHER_FORWARD_KEYS`), the keys of TRL's training batch read by the loss terms
-  (`LOSS_BATCH_KEYS`, `OPTIONAL_LOSS_BATCH_KEYS`);
+  (`LOSS_BATCH_KEYS`, `OPTIONAL_LOSS_BATCH_KEYS`), those only TRL's own loss reads (`TRL_ONLY_LOSS_BATCH_KEYS`),
+  those this package adds, which TRL's buffering must carry along (`PACKAGE_BATCH_KEYS`), the multimodal fields of
+  `_tokenize_prompts` read by the attention rewards (`TOKENIZED_PROMPT_FIELDS`), and the keys of GKD's batches
+  (`GKD_BATCH_KEYS`);
 - two pieces of TRL logic that TRL does not expose, restated: when `_generate_and_score_completions` runs the
-  old-logps forward (`scores_old_logps`), and how `_compute_loss` normalises its per-token loss
-  (`aggregate_like_trl`);
-- TRL helpers used as they are: `pad`, `prepare_deepspeed`, `prepare_fsdp`, `disable_dropout_in_model`, and
-  `GKDTrainer.generalized_jsd_loss`.
+  old-logps forward (`scores_old_logps`, and its first half `reuses_rollouts`), and how `_compute_loss` normalises
+  its per-token loss for each `loss_type` in `LOSS_TYPES` (`aggregate_like_trl`);
+- TRL helpers used as they are, imported from non-public modules (`HELPER_PARAMETERS`): `pad` and
+  `disable_dropout_in_model` (`trl.trainer.utils`), `prepare_deepspeed` and `prepare_fsdp` (`trl.models`),
+  `GKDConfig`/`GKDTrainer` (`trl.experimental.gkd`) and `GKDTrainer.generalized_jsd_loss` (`generalized_jsd`);
+- behaviours: TRL reaches the overrides through `self`; a rollout calls `_tokenize_prompts`, then the policy's
+  old-logps forward, then the reference forward, then `_calculate_rewards` (on `reward_funcs` as they are then);
+  the loss forward runs the backbone once per `batch_size` chunk, in order, behind TRL's fused LM head; `log()`
+  averages `_metrics` and builds the completions table from `_logs` after the callbacks' `on_log`.
 """
 
 from __future__ import annotations
@@ -30,15 +42,24 @@ with warnings.catch_warnings():  # TRL warns that experimental APIs may change: 
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
 __all__ = [
+    "CLASS_ATTRIBUTES",
     "GKD_ATTRIBUTES",
+    "GKD_BATCH_KEYS",
     "GKD_OVERRIDES",
     "GRPO_ATTRIBUTES",
     "GRPO_OVERRIDES",
+    "HELPER_PARAMETERS",
+    "LOGS_KEYS",
     "LOSS_BATCH_KEYS",
     "LOSS_TYPES",
     "OPTIONAL_LOSS_BATCH_KEYS",
+    "PACKAGE_BATCH_KEYS",
+    "PAPER_KEYS",
     "SCORING_FORWARD_KEYS",
     "TEACHER_FORWARD_KEYS",
+    "TOKENIZED_PROMPT_FIELDS",
+    "TRAINING_LOOP_ATTRIBUTES",
+    "TRL_ONLY_LOSS_BATCH_KEYS",
     "GKDConfig",
     "GKDTrainer",
     "aggregate_like_trl",
@@ -50,6 +71,7 @@ __all__ = [
     "pad",
     "prepare_deepspeed",
     "prepare_fsdp",
+    "reuses_rollouts",
     "scores_old_logps",
 ]
 
@@ -68,12 +90,12 @@ GRPO_OVERRIDES = {
     "_tokenize_prompts": ("prompts",),  # returns (prompt_ids list, images, multimodal fields)
     "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
 }
-# GKDTrainer methods overridden (besides the Trainer's public `compute_loss`).
+# GKDTrainer methods overridden (`compute_loss` is transformers' public hook; GKD's version is what `super()` runs).
 GKD_OVERRIDES = {
     "generate_on_policy_outputs": ("model", "inputs", "generation_config"),
     "compute_loss": ("model", "inputs", "return_outputs", "num_items_in_batch"),
 }
-# Trainer attributes this package reads (set by TRL's __init__).
+# Trainer attributes this package reads (set by TRL's __init__; `ref_model` is None without a reference model).
 GRPO_ATTRIBUTES = (
     "_metrics",
     "_logs",
@@ -88,8 +110,17 @@ GRPO_ATTRIBUTES = (
     "environment_factories",
     "tools",
     "log_completions",
+    "ref_model",
 )
 GKD_ATTRIBUTES = ("_metrics", "teacher_model", "generation_config", "generation_kwargs")
+# Class attributes of TRL's trainers that both trainers extend; TRL's `create_model_card` reads them, and these keys
+# of `_paper`.
+CLASS_ATTRIBUTES = ("_tag_names", "_name", "_paper")
+PAPER_KEYS = ("title", "id", "citation")
+# Keys of GRPOTrainer's rollout log `_logs` read (and, for "images", extended) by the heatmap callback.
+LOGS_KEYS = ("prompt", "completion", "images")
+# Set by transformers' training loop (not at construction), read by TRL's `_compute_loss` and `aggregate_like_trl`.
+TRAINING_LOOP_ATTRIBUTES = ("current_gradient_accumulation_steps",)
 
 # Multimodal keyword arguments TRL passes to `_get_per_token_logps_and_entropies` (and keeps in the batch).
 SCORING_FORWARD_KEYS = (
@@ -118,16 +149,38 @@ TEACHER_FORWARD_KEYS = (
 # Keys of TRL's training batch read by the loss terms: always there, and there when TRL puts them.
 LOSS_BATCH_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages")
 OPTIONAL_LOSS_BATCH_KEYS = ("tool_mask", "num_items_in_batch", "old_per_token_logps")
+# Keys this package adds to TRL's batch: TRL's buffering must shuffle and split them with their rows.
+PACKAGE_BATCH_KEYS = ("old_attention_probs",)
+# Keys TRL's `_compute_loss` reads that this package passes through untouched (reference, vLLM and IS terms).
+TRL_ONLY_LOSS_BATCH_KEYS = ("ref_per_token_logps", "sampling_per_token_logps", "importance_sampling_ratio")
+# Multimodal fields of `_tokenize_prompts`'s third result that the attention rewards read (when the processor
+# makes them).
+TOKENIZED_PROMPT_FIELDS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
+# Keys of GKD's batches: read by GKDTrainer's `compute_loss` and `generate_on_policy_outputs`, and by the overrides.
+GKD_BATCH_KEYS = ("input_ids", "attention_mask", "labels", "prompts", "prompt_attention_mask")
 # loss_type values whose normalisation `aggregate_like_trl` restates.
 LOSS_TYPES = ("grpo", "sapo", "bnpo", "dr_grpo", "cispo", "dapo", "vespo", "luspo")
+# TRL helpers used as they are -> the parameters this package passes (positionally first, then by name), in
+# TRL's order.
+HELPER_PARAMETERS = {
+    "pad": ("tensors", "padding_value", "padding_side"),
+    "disable_dropout_in_model": ("model",),
+    "prepare_deepspeed": ("model", "accelerator"),
+    "prepare_fsdp": ("model", "accelerator"),
+    "generalized_jsd_loss": ("student_logits", "teacher_logits", "beta", "reduction"),
+}
+
+
+def reuses_rollouts(trainer) -> bool:
+    """Whether some optimizer step trains on rollouts that earlier parameters generated (the first half of TRL's
+    old-logps condition): otherwise the policy of every loss forward is the rollout policy."""
+    generate_every = trainer.args.steps_per_generation * trainer.num_iterations
+    return trainer.args.gradient_accumulation_steps % generate_every != 0
 
 
 def scores_old_logps(trainer) -> bool:
     """TRL's own condition for running the old-logps forward in `_generate_and_score_completions`."""
-    generate_every = trainer.args.steps_per_generation * trainer.num_iterations
-    return trainer.args.gradient_accumulation_steps % generate_every != 0 or bool(
-        trainer.use_vllm and trainer.vllm_importance_sampling_correction
-    )
+    return reuses_rollouts(trainer) or bool(trainer.use_vllm and trainer.vllm_importance_sampling_correction)
 
 
 def loss_mask(inputs) -> torch.Tensor:
