@@ -6,6 +6,7 @@ import warnings
 
 import peft
 import pytest
+import torch
 
 from tests.testing_utils import ROOT
 
@@ -40,9 +41,8 @@ def _load(name):
 
 def test_sayo_example_runs_the_recipe_on_the_tiny_vlm(tmp_path):
     sayo = _load("sayo_grpo")
-    _, args = sayo.parse(
-        ["--tiny", "--output_dir", str(tmp_path), "--use_cpu", "true", "--per_device_train_batch_size", "16"]
-    )
+    argv = ["--dataset_path", "data", "--output_dir", str(tmp_path), "--use_cpu", "true"]
+    _, args = sayo.parse([*argv, "--per_device_train_batch_size", "16"])
     assert (args.beta, args.num_generations, args.temperature, args.top_p, args.max_completion_length) == (
         0.001,
         16,
@@ -50,6 +50,9 @@ def test_sayo_example_runs_the_recipe_on_the_tiny_vlm(tmp_path):
         0.9,
         110,
     )
+    _, args = sayo.parse(["--tiny", "--output_dir", str(tmp_path)])  # --tiny: sized for a CPU
+    assert (args.num_generations, args.per_device_train_batch_size, args.beta, args.top_p) == (4, 4, 0.001, 0.9)
+    assert args.bf16 is torch.cuda.is_available() and args.report_to == []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = sayo.main(["--tiny", "--output_dir", str(tmp_path), "--max_steps", "2", *SMALL])
@@ -58,6 +61,31 @@ def test_sayo_example_runs_the_recipe_on_the_tiny_vlm(tmp_path):
     assert len(logs) == 2 and all(-1 < h["rewards/region_attention/mean"] < 1 for h in logs)
     assert all("rewards/format_reward/mean" in h and "rewards/accuracy_reward/mean" in h for h in logs)
     assert (tmp_path / "adapter_config.json").exists()
+
+
+def test_sayo_example_tiny_runs_as_documented(tmp_path):
+    """The docstring's command, nothing added: --tiny alone must size the run for a CPU."""
+    sayo = _load("sayo_grpo")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = sayo.main(["--tiny", "--output_dir", str(tmp_path), "--max_steps", "1"])
+    assert trainer.state.global_step == 1 and (tmp_path / "adapter_config.json").exists()
+    assert [h["step"] for h in trainer.state.log_history if "rewards/region_attention/mean" in h] == [1]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--tiny", "--model_name_or_path", "m"], "--model_name_or_path given with --tiny"),
+        (["--output_dir", "x", "--use_cpu", "true", "--num_generations", "8"], "--dataset_path is required"),
+    ],
+)
+def test_sayo_example_errors(argv, expected):
+    from trl_attention.cli.training import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        _load("sayo_grpo").parse(argv)
+    assert expected in str(error.value)
 
 
 @pytest.mark.parametrize(

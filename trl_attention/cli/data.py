@@ -6,14 +6,23 @@ import transformers and datasets when they run."""
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..recipes import PROMPT_FORMATS, prepare_dataset, synthetic_vqa
 from .training import ConfigError
 
-__all__ = ["DataArguments", "add_heatmap_callback", "load_model_and_data"]
+__all__ = [
+    "DataArguments",
+    "add_heatmap_callback",
+    "check_loadable",
+    "check_sources",
+    "load_model_and_data",
+    "looks_local",
+]
 
 
 @dataclass
@@ -24,7 +33,14 @@ class DataArguments:
         default=False,
         metadata={
             "help": "Use the embedded tiny Qwen2.5-VL and synthetic grounding data (offline, seconds on CPU); "
-            "the model and dataset options are then ignored."
+            "giving a model, dataset or (gkd) teacher path as well is an error."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete the checkpoint-* directories already in output_dir and start from step 0 (without it, "
+            "such an output_dir is an error unless resume_from_checkpoint is given: 'latest' or a path)."
         },
     )
     dataset_name: str | None = field(
@@ -77,22 +93,75 @@ def _tiny_checkpoint(seed: int) -> str:
     return path[0]
 
 
+def looks_local(name: str) -> bool:
+    """Whether `name` is meant as a local path rather than a hub id: absolute, `./`, `../`, `~`, or its parent
+    directory exists (`outputs/run-1` next to an `outputs/` directory)."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or name.startswith(("./", "../", "~", ".\\", "..\\")) or name in (".", ".."):
+        return True
+    return str(path.parent) not in ("", ".") and path.parent.is_dir()
+
+
+def check_sources(data_args: DataArguments, model_args, teacher: str | None = None, tiny_teacher: bool = False):
+    """Before anything is loaded: `--tiny` together with a model or dataset (and, when `tiny_teacher`: --tiny
+    brings its own teacher, a teacher) is an error, as it would be ignored; so is a local-looking model, dataset
+    or teacher path that does not exist (the hub would report it as a bad repo id, in a long traceback). Raises
+    ConfigError naming the option and the path."""
+    given = {"model_name_or_path": model_args.model_name_or_path, "dataset_name": data_args.dataset_name}
+    if data_args.tiny:
+        clash = {**given, "teacher_model_name_or_path": teacher if tiny_teacher else None}
+        clash = [f"--{option} {value}" for option, value in clash.items() if value is not None]
+        if clash:
+            raise ConfigError(
+                f"{', '.join(clash)} given with --tiny (or `tiny: true` in the config file), which uses the "
+                "embedded tiny model and synthetic data and would ignore it: drop one or the other"
+            )
+        given = {}
+    for option, value in {**given, "teacher_model_name_or_path": teacher}.items():
+        if value is not None and looks_local(value) and not os.path.exists(Path(value).expanduser()):
+            raise ConfigError(f"--{option} {value}: no such file or directory")
+
+
+def _hub_error(option: str, name: str, error: OSError) -> ConfigError:
+    first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return ConfigError(f"--{option} {name}: cannot load it ({first.strip()})")
+
+
+def check_loadable(option: str, name: str) -> None:
+    """Load `name`'s config only (a small file), to report a model the trainer would load later (a teacher) as one
+    line naming `option` when it cannot be found or reached."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except OSError as error:
+        raise _hub_error(option, name, error) from error
+
+
 def load_model_and_data(data_args: DataArguments, model_args, seed: int):
     """(model, processor, dataset in TRL's conversational form with `solution`) for the options given."""
     from datasets import load_dataset
 
     from ..loading import load_model_and_processor
 
+    check_sources(data_args, model_args)
     if data_args.tiny:  # saved and loaded back, so it takes the real models' path (and TRL can build a ref model)
         model, processor = load_model_and_processor(_tiny_checkpoint(seed), None, model_args.attn_implementation)
         raw = synthetic_vqa(data_args.num_samples or 256, seed=seed)
     else:
         if model_args.model_name_or_path is None or data_args.dataset_name is None:
             raise ConfigError("model_name_or_path and dataset_name are required (or --tiny for the embedded model)")
-        model, processor = load_model_and_processor(
-            model_args.model_name_or_path, model_args.dtype, model_args.attn_implementation, model_args.model_revision
-        )
-        raw = load_dataset(data_args.dataset_name, data_args.dataset_config, split=data_args.dataset_train_split)
+        try:  # the dataset first: an unreachable one is then reported before a model is loaded
+            raw = load_dataset(data_args.dataset_name, data_args.dataset_config, split=data_args.dataset_train_split)
+        except OSError as error:  # FileNotFoundError, ConnectionError (offline), DatasetNotFoundError
+            raise _hub_error("dataset_name", data_args.dataset_name, error) from error
+        name = model_args.model_name_or_path
+        try:
+            model, processor = load_model_and_processor(
+                name, model_args.dtype, model_args.attn_implementation, model_args.model_revision
+            )
+        except OSError as error:  # an unknown or unreachable hub id, a directory without a model
+            raise _hub_error("model_name_or_path", name, error) from error
         if data_args.num_samples is not None:
             raw = raw.select(range(min(data_args.num_samples, len(raw))))
     columns = (data_args.question_column, data_args.answer_column, data_args.image_column)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from ..distill.arguments import AttentionDistillArguments
-from .data import DataArguments
+from .data import DataArguments, check_loadable, check_sources
 from .training import ConfigError, TrainingCommand, build_trainer
 
 __all__ = ["COMMAND", "GKDScriptArguments", "TINY_TEACHER", "build_gkd_trainer", "parse_args", "register"]
@@ -57,6 +57,7 @@ def build_gkd_trainer(script_args, training_args, model_args):
     """Student, teacher, processor, dataset and the AttentionGKDTrainer they make."""
     from ..distill import AttentionGKDTrainer
 
+    check_sources(script_args, model_args, training_args.teacher_model_name_or_path, tiny_teacher=True)
     if script_args.tiny:
         from ..tiny import build_tiny_vlm
 
@@ -66,6 +67,7 @@ def build_gkd_trainer(script_args, training_args, model_args):
         raise ConfigError("teacher_model_name_or_path is required (or --tiny for the embedded models)")
     else:
         teacher = training_args.teacher_model_name_or_path  # the trainer loads it (as a VLM for a processor)
+        check_loadable("teacher_model_name_or_path", teacher)
     return build_trainer(
         AttentionGKDTrainer,
         script_args,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ..distill.arguments import GRPOTeacherArguments
 from ..ral.arguments import RALArguments
 from ..recipes import REWARDS, resolve_rewards
-from .data import DataArguments
+from .data import DataArguments, check_loadable, check_sources
 from .training import TrainingCommand, build_trainer
 
 __all__ = ["COMMAND", "GRPOScriptArguments", "build_grpo_trainer", "parse_args", "register"]
@@ -51,6 +51,10 @@ def build_grpo_trainer(script_args, training_args, model_args):
     """Model, processor, dataset, rewards and the AttentionGRPOTrainer they make (shared by the example scripts)."""
     from ..ral import AttentionGRPOTrainer
 
+    teacher = script_args.teacher_model_name_or_path
+    check_sources(script_args, model_args, teacher=teacher)  # before any loading
+    if teacher is not None:
+        check_loadable("teacher_model_name_or_path", teacher)
     reward_funcs = resolve_rewards(script_args.rewards, script_args.prompt_format)  # fail before loading a model
     return build_trainer(
         AttentionGRPOTrainer,
@@ -58,7 +62,7 @@ def build_grpo_trainer(script_args, training_args, model_args):
         training_args,
         model_args,
         reward_funcs=reward_funcs,
-        teacher_model=script_args.teacher_model_name_or_path,
+        teacher_model=teacher,
     )
 
 

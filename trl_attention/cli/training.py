@@ -203,6 +203,8 @@ class TrainingCommand:
         """(script args, config, ModelConfig) from argv (may contain `--config FILE.yaml`), as `parse_config`.
 
         `-h`/`--help` prints the short help and `--help-all` TrlParser's full one; both raise SystemExit(0).
+        Then `output_dir` is checked against `resume_from_checkpoint` / `overwrite_output_dir`, and
+        `resume_from_checkpoint` becomes the checkpoint to resume or None (`trl_attention.cli.checkpoints`).
         """
         argv = list(argv)
         if "--help-all" in argv:
@@ -210,7 +212,11 @@ class TrainingCommand:
         elif "-h" in argv or "--help" in argv:
             print(self.format_help(defaults), end="")
             raise SystemExit(0)
-        return parse_config(self.dataclass_types(), argv, self.prog, defaults)
+        from .checkpoints import prepare_output_dir
+
+        script_args, training_args, model_args = parse_config(self.dataclass_types(), argv, self.prog, defaults)
+        prepare_output_dir(training_args, overwrite=getattr(script_args, "overwrite_output_dir", False))
+        return script_args, training_args, model_args
 
     def register(self, commands, command) -> Callable[[argparse.Namespace], int]:
         """The subcommand (see `trl_attention.cli.COMMANDS`)."""
@@ -249,8 +255,12 @@ def train_and_save(trainer, training_args):
 
 
 def recipe_defaults(argv: list[str], recipe: dict, tiny: dict, **overrides) -> dict:
-    """An example script's defaults: its recipe, the tiny sizes when `--tiny` is in argv, then `overrides`."""
-    return {**recipe, **(tiny if "--tiny" in argv else {}), **overrides}
+    """An example script's defaults: its recipe, the tiny sizes when `--tiny` is in argv, then `overrides`. Under
+    `--tiny` the recipe's (and overrides') model, dataset and teacher are dropped: with --tiny they are an error."""
+    if "--tiny" not in argv:
+        return {**recipe, **overrides}
+    real = ("model_name_or_path", "dataset_name", "teacher_model_name_or_path")
+    return {key: value for key, value in {**recipe, **tiny, **overrides}.items() if key not in real}
 
 
 def run_training(argv: list[str], parse, build) -> int:
@@ -261,7 +271,11 @@ def run_training(argv: list[str], parse, build) -> int:
     except ValueError as error:  # bad reward names, dataset columns, boxes, tokenizers: the message names the culprit
         raise ConfigError(str(error)) from error
     train_and_save(trainer, training_args)
-    trainer.accelerator.print(f"Trained {trainer.state.global_step} steps; model saved to {training_args.output_dir}")
+    processes = trainer.accelerator.num_processes  # what a launcher really started (the tests check it)
+    trainer.accelerator.print(
+        f"Trained {trainer.state.global_step} steps on {processes} process{'es' if processes > 1 else ''}; "
+        f"model saved to {training_args.output_dir}"
+    )
     return 0
 
 

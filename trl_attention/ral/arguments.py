@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..distill.arguments import _parent_post_init, check_capture_checkpointing, check_weight
+
 __all__ = ["RALArguments"]
 
 
@@ -26,3 +28,8 @@ class RALArguments:
             "help": "Freeze the vision encoder and projector before the optimizer is built (train the LM only)."
         },
     )
+
+    def __post_init__(self):
+        check_weight(self, "attn_coef")
+        _parent_post_init(self, RALArguments)  # GRPOConfig's checks, when mixed into it
+        check_capture_checkpointing(self)
