@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..sayo.checks import check_aspect_ratio, first_rows, image_processor_of, open_image
 from ..trl_internals import pad
 
 __all__ = ["VisionDistillationCollator", "is_processor", "validate_distillation_dataset"]
@@ -54,16 +55,49 @@ def _images(example: dict) -> list:
     return [] if example.get("image") is None else [example["image"]]
 
 
-def validate_distillation_dataset(dataset) -> None:
-    """Check every row's conversation structure (without decoding images); the error names the row."""
-    columns = [c for c in ("messages", "prompt", "completion") if c in dataset.column_names]
-    if not columns:
+def _check_images(example: dict, where: str, image_processor) -> list:
+    """The example's images, opened and decoded (path strings and {"bytes", "path"} dicts loaded), each checked
+    against the processor's aspect-ratio limit; a ValueError names `where` and the column."""
+    column = "images" if example.get("images") is not None else "image"
+    checked = []
+    for i, image in enumerate(_images(example)):
+        name = f"{where}, column `{column}`, image {i}"
+        if image is None:
+            raise ValueError(f"{name}: the image is None (a text-only row has `image: None` or `images: []`)")
+        opened = open_image(image, name, decode=True)
+        check_aspect_ratio(opened.size, name, image_processor)
+        checked.append(opened)
+    return checked
+
+
+def _where(prefix: str, example: dict, index: int) -> str:
+    return f"{prefix} {index}" + next(
+        (f" ({c}={example[c]!r})" for c in ("row_id", "id") if example.get(c) is not None), ""
+    )
+
+
+def validate_distillation_dataset(dataset, processor=None, image_rows: int | None = 256) -> None:
+    """Check the rows' conversation structure (every row of a map-style dataset, the first `image_rows` of a
+    streaming one) and the images of the first `image_rows` rows (None inside `images`, unreadable or truncated
+    files, aspect ratios `processor`'s image processor rejects); the error names the row and the column."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:  # an IterableDataset from a generator
+        first = next(iter(dataset), None)
+        columns = [] if first is None else list(first)
+    wanted = [c for c in ("messages", "prompt", "completion") if c in columns]
+    if not wanted:
         raise ValueError(
-            f"distillation dataset has columns {dataset.column_names}: it needs `messages`, or `prompt` and "
+            f"distillation dataset has columns {columns}: it needs `messages`, or `prompt` and "
             "`completion` (conversational), with images in `images` or `image`"
         )
-    for index, row in enumerate(dataset.select_columns(columns)):
+    streaming = not hasattr(dataset, "__len__")
+    structure = dataset.select_columns(wanted) if hasattr(dataset, "select_columns") and not streaming else None
+    for index, row in first_rows(dataset, image_rows) if structure is None else enumerate(structure):
         _split(row, f"dataset row {index}")
+    if "images" in columns or "image" in columns:
+        image_processor = image_processor_of(processor)
+        for index, row in first_rows(dataset, image_rows):
+            _check_images(row, _where("dataset row", row, index), image_processor)
 
 
 @dataclass
@@ -75,10 +109,11 @@ class VisionDistillationCollator:
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         prompt_texts, completion_texts, images = [], [], []
+        image_processor = image_processor_of(self.processor)
         for index, example in enumerate(examples):
-            where = f"batch example {index}"
+            where = _where("batch example", example, index)
             prompt, completion = _split(example, where)
-            example_images = _images(example)
+            example_images = _check_images(example, where, image_processor)
             if _count_image_slots(prompt) != len(example_images):
                 raise ValueError(
                     f"{where}: the prompt has {_count_image_slots(prompt)} image placeholder(s) but the row carries "

@@ -7,6 +7,7 @@ generation (kept by `_tokenize_prompts`).
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,15 @@ class CompletionAttention:
     prompt_length: int
 
 
+def _validate(func, dataset, name: str, processing_class) -> None:
+    """`func.validate(dataset[, processing_class=])`, its ValueError prefixed with the dataset's name."""
+    takes_processor = "processing_class" in inspect.signature(func.validate).parameters
+    try:
+        func.validate(dataset, processing_class=processing_class) if takes_processor else func.validate(dataset)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+
+
 class RewardAttentionMixin:
     """Mix into a GRPOTrainer subclass (with `ScoringCaptureMixin` after it); call `_init_reward_attention(layer)`
     in `__init__` before `_init_scoring_capture`."""
@@ -49,12 +59,25 @@ class RewardAttentionMixin:
                 "environment_factory or tools)"
             )
         AttentionCapture(self.model, layer=layer)  # unsupported model / attention implementation: fail now
+        datasets = [("train_dataset", self.train_dataset)]
+        if isinstance(self.eval_dataset, dict):
+            datasets += [(f"eval_dataset[{name!r}]", split) for name, split in self.eval_dataset.items()]
+        else:
+            datasets.append(("eval_dataset", self.eval_dataset))
+        self._row_checks = []
         for index in self._attention_reward_indices:
             func = self.reward_funcs[index]
-            for dataset in (self.train_dataset, self.eval_dataset):
-                if dataset is not None and hasattr(func, "validate") and not isinstance(dataset, dict):
-                    func.validate(dataset)
+            for name, dataset in datasets:
+                if dataset is not None and hasattr(func, "validate"):
+                    _validate(func, dataset, name, self.processing_class)
+            if hasattr(func, "check_batch"):
+                self._row_checks.append(func.check_batch)
             self.reward_funcs[index] = self._with_attention(func)
+
+    def _generate_and_score_completions(self, inputs):
+        for check in getattr(self, "_row_checks", ()):  # every sampled row, before TRL's processor sees it
+            check(inputs, self.processing_class)
+        return super()._generate_and_score_completions(inputs)
 
     def _with_attention(self, func):
         @functools.wraps(func)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
+from PIL import Image
 
 from ..rewards import ANSWER_TAG, completion_text
+from .checks import box_lists, check_aspect_ratio, first_rows, image_processor_of, open_image, row_images, row_name
 from .regions import clip_box, region_token_indices
 
 __all__ = [
@@ -31,8 +33,8 @@ class AttentionReward:
     requires_attention = True
     __name__ = "attention_reward"
 
-    def validate(self, dataset) -> None:
-        """Called by the trainer on its datasets before training; raise on unusable rows."""
+    def validate(self, dataset, processing_class=None) -> None:
+        """Called by the trainer on its datasets before training (with its processor); raise on unusable rows."""
 
 
 def attention_reward(func):
@@ -64,12 +66,22 @@ def region_attention_score(attn, region_mask, image_mask, token_mask=None, varia
     return (score if variant == "tanh" else (1 + score) / 2).to(attn.dtype)
 
 
-def _image_sizes(kwargs, index):
-    images = kwargs.get("images")
-    images = images[index] if images is not None else [kwargs["image"][index]] if "image" in kwargs else None
-    if images is None:
+def _image_sizes(kwargs, index, where="RegionAttentionReward"):
+    if kwargs.get("images") is not None:
+        images = list(kwargs["images"][index] or [])
+    elif kwargs.get("image") is not None:
+        images = [] if kwargs["image"][index] is None else [kwargs["image"][index]]
+    else:
         raise ValueError("RegionAttentionReward needs the dataset's `image` or `images` column for image sizes")
-    return [image.size for image in images]
+    return [open_image(image, f"{where}, image {i}").size for i, image in enumerate(images)]
+
+
+_NAMING = ("row_id", "id", "prompts", "prompt")  # reward kwargs that identify a row in an error
+
+
+def _world_size() -> int:
+    distributed = torch.distributed
+    return distributed.get_world_size() if distributed.is_available() and distributed.is_initialized() else 1
 
 
 class RegionAttentionReward(AttentionReward):
@@ -77,8 +89,15 @@ class RegionAttentionReward(AttentionReward):
     on the ground-truth boxes relative to the whole image (`region_attention_score`).
 
     Dataset: `boxes` column (per image, a list of (x1, y1, x2, y2) boxes; pixels unless `normalized_boxes`), and
-    `image` or `images` (for the original sizes). Returns None (TRL skips it) for a row without boxes, and for a
-    completion whose image tokens were truncated away; both are counted in logged metrics, as are clipped boxes.
+    `image` or `images` (PIL images, path strings or `{"bytes", "path"}` dicts; for the original sizes). Returns
+    None (TRL skips it) for a row without boxes (text-only rows included), and for a completion whose image tokens
+    were truncated away; both are counted in logged metrics, as are clipped boxes.
+
+    Bad rows raise a ValueError naming the row and the column (docs/sayo.md, "Bad input"): `validate` reads the
+    first `validation_rows` rows of each dataset when the trainer is built (None: all rows of a map-style
+    dataset), and `check_batch` every row the trainer samples, before generation. Boxes that all lie within
+    [0, 1] on images of more than a few pixels are taken for normalized coordinates given as pixels and raise,
+    unless `pixel_boxes=True` says they are pixels.
 
     `reference_quirks=True` reproduces two choices of the released SAYO code, to compare with the paper's numbers
     (docs/sayo-fidelity.md): k = max(1, int(fraction * (C - 1))) tokens with C the longest completion of the call
@@ -95,28 +114,91 @@ class RegionAttentionReward(AttentionReward):
         min_overlap=0.0,
         normalized_boxes=False,
         reference_quirks=False,
+        validation_rows=256,
+        pixel_boxes=False,
     ):
         if not 0.0 < top_entropy_fraction <= 1.0:
             raise ValueError(f"top_entropy_fraction must be in (0, 1], got {top_entropy_fraction}")
+        if validation_rows is not None and validation_rows < 0:
+            raise ValueError(f"validation_rows must be >= 0 or None, got {validation_rows}")
+        if normalized_boxes and pixel_boxes:
+            raise ValueError("normalized_boxes=True and pixel_boxes=True contradict each other")
         self.boxes_column, self.top_entropy_fraction, self.variant = boxes_column, top_entropy_fraction, variant
         self.min_overlap, self.normalized_boxes = min_overlap, normalized_boxes
         self.reference_quirks = reference_quirks
+        self.validation_rows, self.pixel_boxes = validation_rows, pixel_boxes
 
-    def validate(self, dataset) -> None:
-        """Fail before training on boxes that are inverted, empty or entirely outside their image, naming the row."""
-        if dataset is None or self.boxes_column not in getattr(dataset, "column_names", []):
+    def validate(self, dataset, processing_class=None) -> None:
+        """Fail before training on the first `validation_rows` rows' unusable data, naming the row: boxes inverted,
+        empty, entirely outside their image or wrongly nested; a box list without an image; images missing,
+        unreadable or truncated (decoded here), or with an aspect ratio the image processor of `processing_class`
+        rejects; boxes that look normalized while `normalized_boxes` is False."""
+        columns = getattr(dataset, "column_names", None) if dataset is not None else None
+        if dataset is not None and columns is None:  # an IterableDataset from a generator: read the first row
+            first = next(iter(dataset), None)
+            columns = [] if first is None else list(first)
+        if dataset is None or self.boxes_column not in columns:
             raise ValueError(f"RegionAttentionReward: the training dataset has no `{self.boxes_column}` column")
-        for index, row in enumerate(dataset):
-            per_image = row[self.boxes_column] or []
-            sizes = _image_sizes({k: [v] for k, v in row.items()}, 0)
-            if len(per_image) > len(sizes):
-                raise ValueError(f"row {index}: {len(per_image)} box lists for {len(sizes)} images")
-            for boxes, size in zip(per_image, sizes):
-                for box in boxes or []:
-                    try:
-                        clip_box(box, size, self.normalized_boxes)
-                    except ValueError as error:
-                        raise ValueError(f"row {index}, column `{self.boxes_column}`: {error}") from None
+        image_processor = image_processor_of(processing_class)
+        pixel_box, small, first_small = False, 0, None  # over boxes on images larger than 4 px
+        for index, row in first_rows(dataset, self.validation_rows):
+            where = row_name(row, index)
+            for size, boxes in self._check_row(row, where, image_processor, decode=True):
+                if min(size) <= 4:
+                    continue
+                pixel_box = pixel_box or any(max(box) > 1.0 for box in boxes)
+                small += len(boxes)
+                if boxes and first_small is None:
+                    first_small = (where, boxes[0], size)
+        if not (self.normalized_boxes or self.pixel_boxes or pixel_box) and first_small is not None:
+            where, box, (width, height) = first_small
+            raise ValueError(
+                f"{where}, column `{self.boxes_column}`: all {small} boxes checked on images larger than 4 px lie "
+                f"within [0, 1] (e.g. {tuple(box)} on a {width}x{height} image): normalized coordinates read as "
+                "pixels would all land on the top-left token. Pass RegionAttentionReward(normalized_boxes=True), "
+                "or pixel_boxes=True if these are pixel boxes"
+            )
+
+    def check_batch(self, inputs: list, processing_class=None) -> None:
+        """Check each row the trainer sampled, before generation (called by AttentionGRPOTrainer): the checks of
+        `validate` but the normalized-box test; path strings are replaced by their loaded image."""
+        image_processor = image_processor_of(processing_class)
+        for row in inputs:
+            self._check_row(row, row_name(row), image_processor, decode=True, replace=True)
+
+    def _check_row(self, row, where, image_processor, decode=False, replace=False) -> list:
+        """[(image size, clipped boxes)] of one row, raising a ValueError that names `where` and the column."""
+        per_image = box_lists(row.get(self.boxes_column), f"{where}, column `{self.boxes_column}`")
+        images = row_images(row)
+        column = "images" if "images" in row else "image"
+        if images is None:
+            if any(per_image):
+                raise ValueError(f"{where}: boxes in `{self.boxes_column}` but no `image` or `images` column")
+            return []
+        if len(per_image) > len(images):
+            raise ValueError(
+                f"{where}, column `{self.boxes_column}`: {len(per_image)} box lists for {len(images)} images "
+                f"(column `{column}`)"
+            )
+        sizes = []
+        for i, image in enumerate(images):
+            opened = open_image(image, f"{where}, column `{column}`, image {i}", decode)
+            check_aspect_ratio(opened.size, f"{where}, column `{column}`, image {i}", image_processor)
+            if replace and isinstance(image, (str, dict)) and isinstance(opened, Image.Image):
+                if column == "images":
+                    row["images"] = [opened if j == i else img for j, img in enumerate(row["images"])]
+                else:
+                    row["image"] = opened
+            sizes.append(opened.size)
+        checked = []
+        for boxes, size in zip(per_image, sizes):
+            for box in boxes:
+                try:
+                    clip_box(box, size, self.normalized_boxes)
+                except ValueError as error:
+                    raise ValueError(f"{where}, column `{self.boxes_column}`: {error}") from None
+            checked.append((size, boxes))
+        return checked
 
     def select_tokens(self, entropies: torch.Tensor, padded_length: int | None = None) -> torch.Tensor:
         """Bool mask of the top `top_entropy_fraction` completion tokens by entropy (at least one).
@@ -145,7 +227,9 @@ class RegionAttentionReward(AttentionReward):
         lengths = [a.rows.shape[0] for a in attention if a is not None]
         padded = max(lengths) if self.reference_quirks and lengths else None
         for index, item in enumerate(attention):
-            per_image = (kwargs.get(self.boxes_column) or [None] * len(attention))[index] or []
+            where = row_name({k: kwargs[k][index] for k in _NAMING if isinstance(kwargs.get(k), list)})
+            boxes_of_row = (kwargs.get(self.boxes_column) or [None] * len(attention))[index]
+            per_image = box_lists(boxes_of_row, f"{where}, column `{self.boxes_column}`")
             if not any(per_image):
                 counts["no_box"] += 1
                 scores.append(None)
@@ -156,13 +240,16 @@ class RegionAttentionReward(AttentionReward):
                 continue
             region = torch.zeros(item.rows.shape[1], dtype=torch.bool)
             image = torch.zeros_like(region)
-            sizes = _image_sizes(kwargs, index)
+            sizes = _image_sizes(kwargs, index, where)
             for positions, grid, size, boxes in zip(
                 item.image_positions, item.image_grids, sizes, per_image + [[]] * len(item.image_positions)
             ):
                 image[positions] = True
                 for box in boxes or []:
-                    counts["clipped_boxes"] += int(clip_box(box, size, self.normalized_boxes)[1])
+                    try:
+                        counts["clipped_boxes"] += int(clip_box(box, size, self.normalized_boxes)[1])
+                    except ValueError as error:
+                        raise ValueError(f"{where}, column `{self.boxes_column}`: {error}") from None
                     cells = region_token_indices(
                         box,
                         size,
@@ -183,10 +270,13 @@ class RegionAttentionReward(AttentionReward):
             shares.append(float(rows[:, region].sum() / rows[:, image].sum().clamp(min=1e-12)))
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:
+            # TRL divides the sum of the values logged on all ranks by their number: one value times the world size
+            # per rank and call gives the global count, one value per completion the global mean share.
+            world = _world_size()
             for name, value in counts.items():
-                log_metric(f"sayo/{name}", float(value))
-            if shares:
-                log_metric("sayo/region_share", sum(shares) / len(shares))
+                log_metric(f"sayo/{name}", float(value * world))
+            for share in shares:
+                log_metric("sayo/region_share", share)
         return scores
 
 

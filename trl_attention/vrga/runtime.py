@@ -140,6 +140,7 @@ class VRGA:
         self._state: dict | None = None
         self._grids = None
         self._encoder_owner.get_image_features = self._recording(encoder)
+        self._generate_owner, base.generate = base, _one_sequence_per_prompt(base.generate, base)  # one per prompt
         self._pre_hook = base.register_forward_pre_hook(self._on_forward, with_kwargs=True)
         self._hooks.enable()
 
@@ -164,7 +165,7 @@ class VRGA:
             self._pre_hook.remove()
             self._pre_hook = None
             self._hooks.disable()
-            del self._encoder_owner.get_image_features  # our instance attribute; the class method shows again
+            del self._encoder_owner.get_image_features, self._generate_owner.generate  # ours: the class's show again
 
     def __enter__(self) -> Self:
         return self
@@ -372,6 +373,20 @@ def enable_vrga(model: nn.Module, config: VRGAConfig | None = None, q_end_pos=No
     an int or one per sample; overrides `config.q_end_pos` and `config.query`.
     """
     return VRGA(model, config, q_end_pos)
+
+
+def _one_sequence_per_prompt(generate, base):
+    """`generate` refusing num_beams / num_return_sequences > 1 (VRGA's per-sample state is one row per prompt)."""
+
+    @functools.wraps(generate)
+    def checked(*args, **kwargs):
+        config = kwargs.get("generation_config") or getattr(base, "generation_config", None)
+        for option in ("num_beams", "num_return_sequences"):
+            if int(value := kwargs.get(option, getattr(config, option, None)) or 1) > 1:
+                raise ValueError(f"VRGA supports one sequence per prompt: {option}={value} is not supported")
+        return generate(*args, **kwargs)
+
+    return checked
 
 
 def _end_of_turn_ids(base) -> list:
