@@ -13,8 +13,8 @@ fork+exec, so children must not start from a grown parent). CPU: peak RSS growth
 glibc told to mmap every block over 64 KiB so freed tensors leave RSS at once (RSS then tracks live tensors, not
 the allocator's caching); CUDA: torch.cuda.max_memory_allocated growth. Time: one subprocess per T runs the modes
 interleaved round by round, median of --repeats, so load drift hits every mode alike (on a shared CPU, --threads 1
-avoids the stalls of oversubscribed OpenMP threads). `extra/CT` is the extra peak memory over `none` in units of
-one fp32 (C, T) matrix: constant across T means memory linear in C*T.
+avoids the stalls of oversubscribed OpenMP threads). `extra/BCT` is the extra peak memory over `none` in units of
+one fp32 (B, C, T) tensor, the size of the returned rows: constant across T means memory linear in C*T.
 
 Model: Qwen2_5_VLForConditionalGeneration, text-only input, a 1-layer stub vision tower (not run). `--preset 7b` is
 Qwen2.5-VL-7B's text part (28 layers, hidden 3584, 28/4 heads, head dim 128, vocab 152064; a GPU). The default
@@ -25,7 +25,11 @@ smaller vocabulary make the capture's relative cost larger than in the full mode
 `--micro`: the capture alone against SDPA forward+backward of the same layer (7B last layer: H=28, H_kv=4, d=128,
 C=1024, T=8192, bf16 on CUDA), per backend.
 
-Usage: python benchmarks/capture.py [--seq 512 1024 2048 4096] [--preset cpu|7b] [--device cpu|cuda]
+`--preset toy` is an attention-heavy toy (8 layers, hidden 256, 8 heads / 2 kv heads, head dim 32, MLP 512, vocab
+1024), where the capture's extra memory is the largest share: `--preset toy --batch 2 --seq 2048 --modes none torch`.
+
+Usage: python benchmarks/capture.py [--seq 512 1024 2048 4096] [--preset cpu|7b|toy] [--device cpu|cuda]
+       [--modes none eager torch triton]
        python benchmarks/capture.py --micro [--device cuda]
 """
 
@@ -53,6 +57,9 @@ PRESETS = {
     "cpu": dict(zip(_SHAPE, (896, 4864, 4, 7, 1, 128, 8192))),
     "7b": dict(zip(_SHAPE, (3584, 18944, 28, 28, 4, 128, 152064))),
     "tiny": dict(zip(_SHAPE, (64, 128, 2, 4, 2, 16, 256))),  # smoke test of this script only
+    # attention-heavy toy (8 layers, hidden 256, 8 heads in 2 key/value groups, small MLP and vocabulary): where the
+    # capture's memory shows most; run with --batch 2 --seq 2048
+    "toy": dict(zip(_SHAPE, (256, 512, 8, 8, 2, 32, 1024))),
 }
 
 
@@ -174,7 +181,7 @@ def child_times(args) -> dict:
 
     _threads(args)
     device = torch.device(args.device)
-    modes = [m for m in MODES if not _unavailable(m, device)]
+    modes = [m for m in MODES if m in args.modes and not _unavailable(m, device)]
     step, _, _ = build(args, args.seq[0])
     for mode in modes:
         step(mode)  # warm-up
@@ -259,6 +266,8 @@ def _child(args, kind, seq, mode=None) -> dict:
         str(seq),
         "--threads",
         str(args.threads),
+        "--modes",
+        *args.modes,
     ]
     cmd = [sys.executable, __file__, f"--child-{kind}", *forwarded] + (["--mode", mode] if mode else [])
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
@@ -279,6 +288,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="modes to run (none first)")
     parser.add_argument("--micro", action="store_true", help="last-layer micro-benchmark instead")
     parser.add_argument(
         "--micro-shape", type=int, nargs=5, default=[28, 4, 128, 1024, 8192], metavar=("H", "H_KV", "D", "C", "T")
@@ -294,26 +304,28 @@ def main(argv=None) -> int:
         print(json.dumps(child_memory(args) if args.child_memory else child_times(args)))
         return 0
     # Memory children first, from this parent that never imports torch; then one timing child per T.
-    memory = {(seq, mode): _child(args, "memory", seq, mode) for seq in args.seq for mode in MODES}
+    modes = [m for m in MODES if m in args.modes or m == "none"]  # "none" is the baseline of every ratio
+    args.modes = modes
+    memory = {(seq, mode): _child(args, "memory", seq, mode) for seq in args.seq for mode in modes}
     seconds = {seq: _child(args, "times", seq) for seq in args.seq}
     print(
         f"preset={args.preset} ({PRESETS[args.preset]}) batch={args.batch} dtype={args.dtype} "
         f"device={args.device} C=T*{args.rows_frac} repeats={args.repeats} threads={args.threads or 'default'}"
     )
     print(
-        f"{'T':>5s} {'C':>5s} {'mode':7s} {'step s':>8s} {'time x':>7s} {'peak MiB':>9s} {'mem x':>6s} {'extra/CT':>8s}"
+        f"{'T':>5s} {'C':>5s} {'mode':7s} {'step s':>8s} {'time x':>7s} {'peak MiB':>9s} {'mem x':>6s} {'extra/BCT':>9s}"
     )
     for seq in args.seq:
         rows = max(1, int(seq * args.rows_frac))
         base_s, base_m = seconds[seq]["none"], memory[(seq, "none")]["peak_mib"]
-        for mode in MODES:
+        for mode in modes:
             mem = memory[(seq, mode)]
             if "na" in mem:
                 print(f"{seq:5d} {rows:5d} {mode:7s} {mem['na']}")
                 continue
             s, m = seconds[seq][mode], mem["peak_mib"]
-            per_ct = (m - base_m) * 2**20 / (4 * rows * seq)
-            print(f"{seq:5d} {rows:5d} {mode:7s} {s:8.3f} {s / base_s:7.2f} {m:9.1f} {m / base_m:6.2f} {per_ct:8.2f}")
+            per_ct = (m - base_m) * 2**20 / (4 * args.batch * rows * seq)
+            print(f"{seq:5d} {rows:5d} {mode:7s} {s:8.3f} {s / base_s:7.2f} {m:9.1f} {m / base_m:6.2f} {per_ct:9.2f}")
     return 0
 
 

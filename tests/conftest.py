@@ -2,11 +2,15 @@
 
 import os
 
-import pytest
-import torch
-from datasets import Dataset
+# Nothing can be downloaded here (nor in CI): fail hub look-ups at once instead of after connection retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from tests.testing_utils import PROMPTS
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+
+from tests.testing_utils import PROMPTS  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if not torch.cuda.is_available():

@@ -7,6 +7,11 @@ multi-GPU launch (minutes after start, on every rank) into one ValueError that s
 - `check_zero3_capture_ready`: under ZeRO-3 a model whose parameters were partitioned (zero.Init at
   `from_pretrained`) but that no DeepSpeed engine manages runs its forward on 0-element weights.
 - `check_teacher_fits`: a distillation teacher's weights per GPU (replicated below ZeRO-3, sharded at ZeRO-3).
+- `check_capture_supported` (at trainer construction): the capture layer exists and the capture handles every
+  option its attention kernel receives (softcap, sinks, ...), so an unsupported model fails before step 1.
+
+Only the models a run captures are checked (`capture=`): with `attn_coef=0` and no attention term nothing of the
+capture machinery runs, and no decoder layer is looked up, so plain GRPO trains on any model GRPOTrainer trains.
 """
 
 from __future__ import annotations
@@ -15,15 +20,17 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .capture import find_decoder_layers, unwrap_model
+from .capture.models import CaptureError, kernel_options, resolve_attention_layer, unwrap_model
 
 __all__ = [
     "CONFIG_DIR",
     "DistributedChecksCallback",
     "check_batch_sizes",
+    "check_capture_supported",
     "check_distributed_setup",
     "check_teacher_fits",
     "check_zero3_capture_ready",
@@ -148,8 +155,9 @@ def check_batch_sizes(args, world_size: int | None = None) -> None:
 
 
 def check_zero3_capture_ready(model: nn.Module, layer: int = -1) -> None:
-    """The capture layer's parameters must be either whole or managed by a ZeRO-3 engine that gathers them."""
-    attention = find_decoder_layers(model)[layer].self_attn
+    """The capture layer's parameters must be either whole or managed by a ZeRO-3 engine that gathers them.
+    `layer` indexes the attention layers (hybrid decoders mix in others), as the capture's `layer` does."""
+    _, model_layer, attention = resolve_attention_layer(model, layer, "attn_layer")
     partitioned = [n for n, p in attention.named_parameters() if getattr(p, "ds_status", None) is not None]
     if not partitioned:
         return
@@ -159,7 +167,8 @@ def check_zero3_capture_ready(model: nn.Module, layer: int = -1) -> None:
     missing = [n for n in partitioned if params[n].ds_status == ZeroParamStatus.NOT_AVAILABLE]
     if missing and not hasattr(attention, "ds_id"):  # ds_id: registered with a ZeRO-3 engine's fetch hooks
         raise ValueError(
-            f"ZeRO-3: the capture layer ({type(attention).__name__} of decoder layer {layer}) has partitioned "
+            f"ZeRO-3: the capture layer ({type(attention).__name__}, attention layer {layer} = decoder layer "
+            f"{model_layer}) has partitioned "
             f"parameters ({', '.join(missing[:3])}, ...) that no DeepSpeed engine gathers: its forward would run on "
             "0-element weights. The model was loaded under ZeRO-3 (zero.Init) but not prepared: pass it to the "
             "trainer (policy) or through trl.models.prepare_deepspeed / deepspeed.initialize (teacher, reference), "
@@ -192,6 +201,37 @@ def check_teacher_fits(
     return per_gpu
 
 
+def check_capture_supported(model: nn.Module, layer: int = -1, option: str = "attn_layer") -> None:
+    """At construction: `option`=`layer` names an attention layer of `model`, its implementation is wrappable, and
+    the capture accepts every option its kernel receives (`kernel_options`), probed on zero tensors; else one
+    CaptureError naming the module, the layer (attention and decoder index) and the option."""
+    from .capture.capture import AttentionCapture  # lazy: the capture imports this package's siblings
+
+    index, model_layer, module = resolve_attention_layer(model, layer, option)
+    capture = AttentionCapture(model, layer=index)
+    config = getattr(module, "config", None)
+    heads = getattr(config, "num_attention_heads", None) or 1
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    dim = getattr(module, "head_dim", None) or getattr(config, "head_dim", None) or config.hidden_size // heads
+    weight = next(module.parameters(), None)
+    device = weight.device if weight is not None else "cpu"
+    query, key = torch.zeros(1, heads, 2, dim, device=device), torch.zeros(1, kv_heads, 2, dim, device=device)
+    base = {"scaling": getattr(module, "scaling", None), "dropout": 0.0}
+    for name, source, value in kernel_options(module):
+        value = value.to(device) if isinstance(value, torch.Tensor) else value
+        try:
+            capture._hooks.fn(index, module, query, key, key, None, (None, None), {**base, name: value})
+        except CaptureError as err:
+            raise CaptureError(
+                f"{option}={layer}: {type(module).__name__} (attention layer {index} = decoder layer {model_layer} "
+                f"of {type(unwrap_model(model)).__name__}) passes its kernel `{name}` (the model's `{source}`), "
+                f"which the capture does not support: {err}. Set the attention terms to 0 (attn_coef=0, no "
+                "attention reward or attention distillation) to train this model with plain GRPO / GKD."
+            ) from None
+        finally:
+            capture.clear()
+
+
 def check_distributed_setup(
     args,
     model: nn.Module | None = None,
@@ -199,19 +239,22 @@ def check_distributed_setup(
     world_size: int | None = None,
     device_memory: int | None = None,
     reserved: int = 0,
+    capture: dict | None = None,
 ) -> None:
     """All pre-flight checks that apply: batch sizes; the capture layer (ZeRO-3, once the model is prepared);
-    the teacher's size (`device_memory` defaults to the current CUDA device's, skipped without one)."""
+    the teacher's size (`device_memory` defaults to the current CUDA device's, skipped without one).
+    `capture`: {"model": layer, "teacher": layer} of the models the run captures (missing = not captured, so
+    their layers are not looked up); None checks both at `args.attn_layer` (callers predating it)."""
     world = _world_size(world_size)
     check_batch_sizes(args, world)
-    layer = getattr(args, "attn_layer", -1)
-    for m in (model, teacher):
-        if m is not None:
-            check_zero3_capture_ready(m, layer)
+    if capture is None:
+        layer = getattr(args, "attn_layer", -1)
+        capture = {"model": layer, "teacher": layer}
+    for role, m in (("model", model), ("teacher", teacher)):
+        if m is not None and role in capture:
+            check_zero3_capture_ready(m, capture[role])
     if teacher is not None:
         if device_memory is None:
-            import torch
-
             if not torch.cuda.is_available():
                 return
             device_memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
@@ -222,7 +265,9 @@ def check_distributed_setup(
 class DistributedChecksCallback(TrainerCallback):
     """`check_distributed_setup` when training starts: the DeepSpeed engines exist by then (the policy's is built
     in `train()`), so a ZeRO-3 model that no engine gathers is told apart from one not yet prepared.
-    `trainer.add_callback(DistributedChecksCallback(trainer))`; the teacher is `teacher_model` or `ref_model`."""
+    `trainer.add_callback(DistributedChecksCallback(trainer))`; the teacher is `teacher_model` or `ref_model`.
+    The trainer's `capture_layers()` ({"model": layer, "teacher": layer} of what it captures) limits the capture
+    checks; a trainer without it gets all of them."""
 
     def __init__(self, trainer, device_memory: int | None = None):
         self.trainer, self.device_memory = trainer, device_memory
@@ -231,4 +276,6 @@ class DistributedChecksCallback(TrainerCallback):
         trainer = self.trainer
         teacher = getattr(trainer, "teacher_model", None) or getattr(trainer, "ref_model", None)
         world = trainer.accelerator.num_processes
-        check_distributed_setup(args, model or trainer.model, teacher, world, self.device_memory)
+        layers = getattr(trainer, "capture_layers", None)
+        capture = layers() if callable(layers) else None
+        check_distributed_setup(args, model or trainer.model, teacher, world, self.device_memory, capture=capture)

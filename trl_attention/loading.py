@@ -23,7 +23,7 @@ def load_model_and_processor(
     name: str, dtype: str | None = None, attn_implementation: str | None = None, revision: str | None = None
 ):
     """A VLM (or a causal LM) and its processor (or tokenizer), left-padded for generation; `sdpa` by default
-    because flash-attention cannot be captured."""
+    (the capture wraps any kernel; VRGA steers sdpa and eager only)."""
     from transformers import AutoProcessor, AutoTokenizer
 
     kwargs = {"dtype": dtype or "auto", "attn_implementation": attn_implementation or "sdpa", "revision": revision}

@@ -216,12 +216,16 @@ def aggregate_like_trl(trainer, per_token: torch.Tensor, mask: torch.Tensor, inp
     raise ValueError(f"trl_attention does not know how TRL normalises loss_type={loss_type!r}")
 
 
-def log_global_masked_mean(trainer, name: str, values: torch.Tensor, mask: torch.Tensor) -> float:
+def log_global_masked_mean(trainer, name: str, values: torch.Tensor, mask: torch.Tensor) -> float | None:
     """Append the token mean of `values` over `mask`, summed over all processes, to TRL's `_metrics` under `name`
-    (TRL averages a step's entries when it logs)."""
+    (TRL averages a step's entries when it logs). Nothing is appended when no process measured a token (every
+    completion masked): "nothing measured" is not 0.0. The count is global, so every rank skips alike and the
+    `_metrics` lists stay the same length on all ranks; returns None then."""
     totals = torch.stack([(values * mask).sum(), mask.sum()])
-    totals = trainer.accelerator.reduce(totals, reduction="sum")
-    value = (totals[0] / totals[1].clamp(min=1.0)).item()
+    total, count = trainer.accelerator.reduce(totals, reduction="sum").tolist()
+    if count == 0:
+        return None
+    value = total / count
     trainer._metrics[metrics_mode(trainer)][name].append(value)
     return value
 

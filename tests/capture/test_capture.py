@@ -209,9 +209,13 @@ def test_unsupported_model_and_implementation_errors(lm):
     ):
         capture_attention(torch.nn.Linear(2, 2))
     model = copy.deepcopy(lm)
-    model.config._attn_implementation_internal = "flex_attention"
-    with pytest.raises(CaptureError, match="Qwen2ForCausalLM.*sdpa, eager"):
+    model.config._attn_implementation_internal = "no_such_kernel"  # not registered anywhere
+    with pytest.raises(
+        CaptureError, match="'no_such_kernel' of Qwen2ForCausalLM; supported: eager, .*flash_attention_2.*sdpa"
+    ):
         capture_attention(model)
+    model.config._attn_implementation_internal = "flex_attention"  # any registered kernel is wrapped now
+    capture_attention(model)
     with pytest.raises(CaptureError, match="out of range"):
         capture_attention(lm, layer=99)
 
@@ -265,22 +269,36 @@ def test_ddp_wrapped_model_is_captured(lm, tmp_path):
         dist.destroy_process_group()
 
 
-def test_memory_is_bounded_by_rows_not_heads(monkeypatch):
-    """Nothing of size H*C*T is saved for backward, and forward/backward hold at most max_heads heads at once."""
+@pytest.mark.parametrize("mask_kind", ["none", "bool4d"])
+def test_memory_is_bounded_by_rows_not_heads(monkeypatch, mask_kind):
+    """Nothing of size H*C*T is saved for backward (nor a C*T bias built from a bool mask), and every transient
+    (heads x row block x T) piece of forward/backward is at most max_heads heads and a quarter of C*T."""
     module = importlib.import_module("trl_attention.ops.attention_rows")  # the module, not the function
 
-    batch, heads, rows, length, dim = 1, 8, 32, 64, 4
+    batch, heads, rows, length, dim = 1, 8, 128, 160, 4
     q = torch.randn(batch, heads, rows, dim, requires_grad=True)
     k = torch.randn(batch, 1, length, dim, requires_grad=True)  # MQA: one key group holds all 8 heads
-    chunk_heads, saved = [], []
+    mask = None if mask_kind == "none" else torch.ones(rows, length, dtype=torch.bool).tril(length - rows)[None, None]
+    pieces, saved = [], []
     original = module._chunk_probs
-    monkeypatch.setattr(module, "_chunk_probs", lambda *a: chunk_heads.append(original(*a).shape[1]) or original(*a))
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        out = attention_rows(q, k, None, None, True, num_rows=rows, max_heads=2)
+
+    def recording(*args):
+        result = original(*args)
+        pieces.append(result[0].shape)
+        return result
+
+    monkeypatch.setattr(module, "_chunk_probs", recording)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.numel(), t.dtype)) or t, lambda t: t):
+        out = attention_rows(q, k, mask, None, True, num_rows=rows, max_heads=2)
     out.mul(torch.randn(out.shape)).sum().backward()
-    assert max(chunk_heads) == 2 and len(chunk_heads) == 2 * heads // 2  # forward + backward, 4 chunks each
-    assert max(saved) <= max(batch * heads * rows * dim, batch * length * dim, batch * rows * length)
-    assert max(saved) < batch * heads * rows * length
+    assert max(p[1] for p in pieces) == 2  # heads per piece
+    assert max(p[1] * p[2] * p[3] for p in pieces) <= rows * length // 4
+    assert sum(p[1] * p[2] for p in pieces) == 2 * heads * rows  # forward + backward cover every (head, row) once
+    float_saved = [n for n, dtype in saved if dtype.is_floating_point]
+    assert max(float_saved) <= max(batch * heads * rows * dim, batch * length * dim)  # q, k: no fp32 (C, T) bias
+    torch.testing.assert_close(
+        out, attention_rows(q, k, mask, None, True, num_rows=rows, max_heads=8), atol=1e-7, rtol=0
+    )
 
 
 def test_eager_base_with_additive_float_mask(lm):

@@ -2,7 +2,10 @@
 
 Records, through the hooks of `hooks.py`, the head-averaged attention rows of the last C queries of one decoder
 layer with `ops.attention_rows` (fp32 softmax, O(B*C*T) memory, recomputing backward). `backend` picks that kernel:
-"auto" (fused Triton on CUDA when triton imports, else torch), "torch" or "triton".
+"auto" (fused Triton on CUDA when triton imports, else torch), "torch" or "triton". Any attention implementation
+is wrapped (sdpa, eager, flash-attention, flex, hub kernels): the rows are computed from q/k with the mask rebuilt
+from what that kernel was given (`ops.masks.kernel_mask`), and with its `softcap`, `s_aux` sinks and
+`sliding_window`.
 
 Why the saved-tensor hooks: under non-reentrant gradient checkpointing the layer is re-run during backward, after
 this context has exited, with the original kernel. Saving the capture's tensors outside the checkpoint's hooks keeps
@@ -18,7 +21,8 @@ from torch import nn
 from typing_extensions import Self
 
 from ..ops.attention_rows import attention_rows, resolve_backend
-from .hooks import AttentionHooks
+from ..ops.masks import kernel_mask
+from .hooks import ANY, AttentionHooks, attention_hooks, flash_convention
 from .models import CaptureError, find_decoder_layers
 
 __all__ = ["AttentionCapture", "capture_attention"]
@@ -37,8 +41,11 @@ class AttentionCapture:
     _hooks: AttentionHooks | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        self._hooks = AttentionHooks(self.model, self._observe, layers=[self.layer])
-        self.layer_index = self._hooks.layers[0]
+        self._hooks = attention_hooks(self.model, self._observe, layers=[self.layer], implementations=ANY)
+        self.layer_index = self._hooks.layers[0]  # among the attention layers
+        self.model_layer_index = self._hooks.model_layers[0]  # the model's own decoder layer index
+        # flash-attention style kernels get packing as cu_seq_lens / position_ids, not inside a 4D mask
+        self._varlen = flash_convention(self._hooks._base)
         weight = next(self._hooks.modules[0].parameters(), None)
         try:  # fail here, not at the first forward, on a bad or unavailable backend
             resolve_backend(self.backend, weight.device if weight is not None else "cpu")
@@ -56,7 +63,7 @@ class AttentionCapture:
         self._hooks.__exit__(*exc)
 
     def _check_checkpointing(self):
-        layer = find_decoder_layers(self.model)[self.layer_index]
+        layer = find_decoder_layers(self.model)[self.model_layer_index]
         func = getattr(layer, "_gradient_checkpointing_func", None)
         reentrant = getattr(func, "keywords", {}).get("use_reentrant", False)
         if torch.is_grad_enabled() and layer.gradient_checkpointing and layer.training and reentrant:
@@ -71,27 +78,36 @@ class AttentionCapture:
         self._record(module, query, key, attention_mask, kwargs)
 
     def _record(self, module, query, key, attention_mask, kwargs):
-        for name in ("softcap", "s_aux", "position_bias"):
-            if kwargs.get(name) is not None:
-                raise CaptureError(
-                    f"capture_attention does not support attention with `{name}` ({type(module).__name__})"
-                )
-        window = kwargs.get("sliding_window")
-        if window is not None and attention_mask is None and key.shape[2] > window:
-            raise CaptureError("capture_attention needs an explicit mask for sliding-window attention")
+        if kwargs.get("position_bias") is not None:
+            raise CaptureError(
+                f"capture_attention does not support attention with `position_bias` ({type(module).__name__})"
+            )
+        if kwargs.get("cache") is not None or kwargs.get("block_table") is not None:
+            raise CaptureError("capture_attention does not support paged attention (continuous batching)")
         is_causal = kwargs.get("is_causal")
         is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        batch, _, q_len, _ = query.shape
+        rows = q_len if self.num_rows is None else min(int(self.num_rows), q_len)
+        try:
+            mask, is_causal, window = kernel_mask(
+                attention_mask, kwargs, batch, rows, q_len, key.shape[2], is_causal, self._varlen, query.device
+            )
+        except ValueError as err:
+            raise CaptureError(f"capture_attention: {err}") from err
         # Identity hooks: keep the capture's saved tensors out of any enclosing checkpoint (see module docstring).
         with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
             probs = attention_rows(
                 query,
                 key,
-                attention_mask,
+                mask,
                 kwargs.get("scaling"),
                 is_causal,
-                self.num_rows,
+                rows,
                 self.max_heads,
                 backend=self.backend,
+                softcap=kwargs.get("softcap"),
+                sinks=kwargs.get("s_aux"),
+                sliding_window=window,
             )
         self.records.append(probs)
 

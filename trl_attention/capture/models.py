@@ -6,7 +6,18 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["CaptureError", "find_decoder_layers", "spatial_merge_size", "unwrap_model", "visual_token_ids"]
+__all__ = [
+    "ATTENTION_NAMES",
+    "CaptureError",
+    "attention_layers",
+    "attention_module",
+    "find_decoder_layers",
+    "kernel_options",
+    "resolve_attention_layer",
+    "spatial_merge_size",
+    "unwrap_model",
+    "visual_token_ids",
+]
 
 
 class CaptureError(RuntimeError):
@@ -25,8 +36,26 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+# Names under which a decoder layer holds its softmax attention: `self_attn` (Llama, Qwen, Gemma, GPT-OSS, the
+# attention layers of Qwen3.5 / Qwen3-Next, whose linear layers hold `linear_attn`), `mixer` (NemotronH, whose other
+# layers' mixer is Mamba2 / MLP / MoE), `attention` / `self_attention` / `attn` (other hybrids).
+ATTENTION_NAMES = ("self_attn", "mixer", "self_attention", "attention", "attn")
+_NOT_SOFTMAX = ("linear", "deltanet", "mamba", "ssm")
+
+
+def attention_module(layer: nn.Module) -> nn.Module | None:
+    """The softmax-attention submodule of one decoder layer, or None (a Mamba / linear-attention / MLP layer)."""
+    for name in ATTENTION_NAMES:
+        module = getattr(layer, name, None)
+        kind = type(module).__name__.lower()
+        if isinstance(module, nn.Module) and kind.endswith("attention") and not any(w in kind for w in _NOT_SOFTMAX):
+            return module
+    return None
+
+
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The language model's decoder layers (each with `.self_attn`), or a CaptureError naming the class."""
+    """All decoder layers of the language model (hybrids: attention and other layers mixed), or a CaptureError
+    naming the class. `attention_layers` gives the ones with softmax attention."""
     base = unwrap_model(model)
     candidates = []
     if hasattr(base, "get_decoder"):
@@ -34,16 +63,64 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
             candidates.append(base.get_decoder())
         except (AttributeError, NotImplementedError, ValueError):  # no decoder: fall through to the attributes
             candidates.append(None)
-    candidates += [getattr(base, "model", None), getattr(getattr(base, "model", None), "language_model", None), base]
+    inner = getattr(base, "model", None)
+    candidates += [inner, getattr(inner, "language_model", None), getattr(base, "language_model", None), base]
     for obj in candidates:
         layers = getattr(obj, "layers", None)
-        if isinstance(layers, nn.ModuleList) and len(layers) and hasattr(layers[0], "self_attn"):
+        if isinstance(layers, nn.ModuleList) and any(attention_module(layer) is not None for layer in layers):
             return layers
     raise CaptureError(
         f"capture_attention cannot find the decoder layers of {type(base).__name__}: it supports decoder-only "
-        "language models and VLMs whose `get_decoder()` (or `.model`) has `.layers[i].self_attn` "
-        "(Llama, Qwen2, Qwen3, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, ...)."
+        "language models and VLMs whose `get_decoder()` (or `.model`) has `.layers[i]` holding a softmax attention "
+        f"module (as one of `{'`, `'.join(ATTENTION_NAMES)}`): Llama, Qwen2/3, Qwen3.5, Qwen3-Next, NemotronH, "
+        "Gemma, the Qwen-VL, LLaVA, Gemma3, InternVL and Idefics3 / SmolVLM VLMs, ..."
     )
+
+
+def attention_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
+    """[(the model's own decoder layer index, attention module)] of the layers with softmax attention, in order.
+    `layer=i` options of the capture index this list (-1 = the last attention layer)."""
+    return [(i, m) for i, layer in enumerate(find_decoder_layers(model)) if (m := attention_module(layer)) is not None]
+
+
+def resolve_attention_layer(model: nn.Module, layer: int, option: str = "layer") -> tuple[int, int, nn.Module]:
+    """(attention-layer index in [0, n), the model's decoder layer index, attention module) of `option`=`layer`;
+    a CaptureError naming the number of attention layers when it is out of range."""
+    found = attention_layers(model)
+    if not -len(found) <= layer < len(found):
+        total = len(find_decoder_layers(model))
+        hybrid = f" (decoder layers {[i for i, _ in found]} of {total})" if total != len(found) else ""
+        raise CaptureError(
+            f"{option}={layer} is out of range for the {len(found)} attention layers{hybrid} of "
+            f"{type(unwrap_model(model)).__name__}: use -{len(found)} .. {len(found) - 1} (it indexes attention "
+            "layers, -1 = the last)"
+        )
+    index = layer % len(found)
+    return index, found[index][0], found[index][1]
+
+
+def kernel_options(module: nn.Module) -> list[tuple[str, str, object]]:
+    """[(kernel kwarg, the model option behind it, a probe value)] of what an attention module passes its kernel
+    beyond query/key/value/mask/scaling: `softcap` (Gemma2's `attn_logit_softcapping`), `s_aux` (GPT-OSS's `sinks`),
+    `sliding_window`, `position_bias` (T5-style relative attention bias). The trainers probe the capture with
+    each at construction, so an unsupported one fails there."""
+    import torch
+
+    config = getattr(module, "config", None)
+    heads = getattr(config, "num_attention_heads", None) or 1
+    options = []
+    softcap = getattr(module, "attn_logit_softcapping", getattr(config, "attn_logit_softcapping", None))
+    if softcap is not None:
+        options.append(("softcap", "attn_logit_softcapping", float(softcap)))
+    sinks = getattr(module, "sinks", None)
+    if isinstance(sinks, torch.Tensor):
+        options.append(("s_aux", "sinks (attention sink logits)", torch.zeros(int(sinks.shape[0]) or heads)))
+    window = getattr(module, "sliding_window", None)
+    if window is not None:
+        options.append(("sliding_window", "sliding_window", int(window)))
+    if hasattr(module, "relative_attention_bias") or getattr(config, "relative_attention_num_buckets", None):
+        options.append(("position_bias", "relative_attention_bias", torch.zeros(1, heads, 2, 2)))
+    return options
 
 
 def spatial_merge_size(model: nn.Module, processor=None, default: int | None = 2) -> int | None:
@@ -57,7 +134,10 @@ def spatial_merge_size(model: nn.Module, processor=None, default: int | None = 2
 
 
 def visual_token_ids(model: nn.Module) -> list[int]:
-    """The image and video placeholder token ids of a VLM's config ([] for a text-only model)."""
+    """The image and video placeholder token ids of a VLM's config ([] for a text-only model): `image_token_id`
+    (Qwen-VL, Qwen3.5, InternVL, Idefics3 / SmolVLM; Gemma3 and LLaVA map it to `image_token_index`),
+    `video_token_id` (Qwen-VL, LLaVA-OneVision)."""
     config = getattr(unwrap_model(model), "config", None)
-    ids = [getattr(config, name, None) for name in ("image_token_id", "video_token_id")]
-    return [int(i) for i in ids if i is not None]
+    names = ("image_token_id", "image_token_index", "video_token_id", "video_token_index")
+    ids = [getattr(config, name, None) for name in names]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..capture import AttentionCapture, unwrap_model
+from ..capture import unwrap_model
 from ..loading import load_pretrained
 from ..trl_internals import disable_dropout_in_model, prepare_deepspeed, prepare_fsdp
 from .tokenization import check_same_tokenization
@@ -33,14 +33,17 @@ def check_teacher(
     student: nn.Module, teacher: nn.Module, processing_class, attention: bool, layer: int = -1, teacher_layer: int = -1
 ) -> None:
     """What both trainers check at construction: identical tokenisation and, when attention is distilled, a teacher
-    that is another model and two capturable layers (so an unsupported model fails now, not at step 1)."""
+    that is another model and two capturable layers whose kernel options the capture supports (so an unsupported
+    model, attention option or out-of-range layer fails now, not at step 1)."""
     check_same_tokenization(student, teacher, processing_class)
     if not attention:
         return
     if unwrap_model(teacher) is unwrap_model(student):
         raise ValueError("attention distillation needs a teacher that is a different model from the student")
-    AttentionCapture(student, layer=layer)
-    AttentionCapture(teacher, layer=teacher_layer)
+    from ..distributed import check_capture_supported  # lazy: distributed imports the capture package
+
+    check_capture_supported(student, layer, "attn_layer")
+    check_capture_supported(teacher, teacher_layer, "teacher_attn_layer")
 
 
 def prepare_teacher(teacher: nn.Module, trainer) -> nn.Module:

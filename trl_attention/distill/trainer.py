@@ -109,7 +109,7 @@ class AttentionGKDTrainer(GKDTrainer):
                 *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]),
             ):
                 if dataset is not None:
-                    validate_distillation_dataset(dataset)
+                    validate_distillation_dataset(dataset, processing_class)
             if data_collator is None:
                 data_collator = VisionDistillationCollator(processing_class, max_length=args.max_length)
         if isinstance(teacher_model, str) and vision:  # TRL would load a VLM teacher as a causal LM
@@ -153,6 +153,13 @@ class AttentionGKDTrainer(GKDTrainer):
             self.attn_layer,
             self.teacher_attn_layer,
         )
+
+    def capture_layers(self) -> dict:
+        """{"model": attn_layer, "teacher": teacher_attn_layer} when attention is distilled, else {} (the pre-flight
+        checks look only at captured models)."""
+        if self.attn_distill_coef == 0:
+            return {}
+        return {"model": self.attn_layer, "teacher": self.teacher_attn_layer}
 
     # -- image tensors for the models -----------------------------------------------------------------------------
     def _multimodal_kwargs(self, inputs: dict, input_ids: torch.Tensor | None = None) -> dict:

@@ -15,6 +15,8 @@ import logging
 
 import torch
 
+from .masks import RowMask
+
 __all__ = [
     "BACKENDS",
     "DEFAULT_MAX_HEADS",
@@ -61,88 +63,121 @@ def _softmax_rows_(scores: torch.Tensor) -> torch.Tensor:
     return probs.div_(denom.masked_fill_(denom == 0, 1.0))
 
 
-def _chunk_probs(q, k, bias, scaling, kv, h0, h1):
+def _softmax_sink_rows_(scores: torch.Tensor, sinks: torch.Tensor):
+    """`_softmax_rows_` with one extra logit per head (B|1, h, 1, 1) in the denominator; also returns its share."""
+    row_max = torch.maximum(scores.amax(dim=-1, keepdim=True), sinks)  # sinks are finite: no all -inf row
+    probs = scores.sub_(row_max).exp_()
+    sink = (sinks - row_max).exp_()
+    denom = probs.sum(dim=-1, keepdim=True).add_(sink)
+    return probs.div_(denom), sink.div_(denom)
+
+
+def _chunk_probs(q, k, bias, scaling, kv, h0, h1, softcap=None, sinks=None, keep_tanh=False):
     """Probabilities (B, h, C, T) of query heads [h0, h1) against key head kv, in fp32 (fp64 for fp64 input).
 
-    Scaling is applied to q (C x D) rather than to the (h, C, T) scores, and the bias is added in place.
+    Scaling is applied to q (C x D) rather than to the (h, C, T) scores, and the bias is added in place. `softcap`:
+    scores -> softcap * tanh(scores / softcap) before the bias (Gemma2). `sinks` (H,): one extra logit per head in
+    the denominator (GPT-OSS), not part of the rows. Returns (probs, sink share (B, h, C, 1) | None, tanh | None);
+    the tanh block only when `keep_tanh` (the backward needs 1 - tanh^2).
     """
     acc = _acc_dtype(q)
     scores = torch.matmul(q[:, h0:h1].to(acc) * scaling, k[:, kv : kv + 1].to(acc).transpose(-1, -2))
+    tanh = None
+    if softcap is not None:
+        scores.div_(softcap).tanh_()
+        tanh = scores.clone() if keep_tanh else None
+        scores.mul_(softcap)
     if bias is not None:
         scores += bias
-    return _softmax_rows_(scores)
+    if sinks is None:
+        return _softmax_rows_(scores), None, tanh
+    probs, sink = _softmax_sink_rows_(scores, sinks[h0:h1].to(acc).view(1, -1, 1, 1))
+    return probs, sink, tanh
+
+
+def _row_blocks(rows: int, heads: int):
+    """Row blocks [r0, r1) of at most max(16, rows / (4 * heads)) rows: a (heads, block, T) chunk is <= C*T / 4."""
+    step = max(16, rows // (4 * max(1, heads)))
+    for start in range(0, rows, step):
+        yield start, min(start + step, rows)
 
 
 class AttentionRowsFunction(torch.autograd.Function):
-    """Forward: mean over heads of softmax(q k^T * scaling + bias). Backward recomputes per head chunk."""
+    """Forward: mean over heads of softmax(cap(q k^T * scaling) + bias [, sink]). Backward recomputes per chunk.
+
+    Inputs: query (B, H, C, D), key (B, H_kv, T, D), bias (an additive (B|1, 1, C, T) tensor, a `RowMask`, or
+    None), scaling, max_heads, softcap (float | None), sinks ((H,) | None, differentiable). With sinks a row sums to
+    1 minus the head-mean sink share. Work goes in (row block x head chunk) pieces of at most C*T/4 elements, so
+    beyond the returned rows and their gradient forward and backward hold about one (C, T) matrix.
+    """
 
     @staticmethod
-    def forward(ctx, query, key, bias, scaling, max_heads):
+    def forward(ctx, query, key, bias, scaling, max_heads, softcap=None, sinks=None):
         batch, num_heads, rows, _ = query.shape
+        mask = bias if isinstance(bias, RowMask) else RowMask.from_bias(bias)
+        chunks = list(_head_chunks(num_heads, key.shape[1], max_heads))
         out = torch.zeros(batch, rows, key.shape[2], dtype=_acc_dtype(query), device=query.device)
-        for kv, h0, h1 in _head_chunks(num_heads, key.shape[1], max_heads):
-            out += _chunk_probs(query, key, bias, scaling, kv, h0, h1).sum(dim=1)
+        for r0, r1 in _row_blocks(rows, max(h1 - h0 for _, h0, h1 in chunks)):
+            block_bias, q = mask.block(r0, r1), query[:, :, r0:r1]
+            for kv, h0, h1 in chunks:
+                out[:, r0:r1] += _chunk_probs(q, key, block_bias, scaling, kv, h0, h1, softcap, sinks)[0].sum(dim=1)
         out /= num_heads
-        ctx.save_for_backward(query, key, bias)
-        ctx.scaling, ctx.max_heads = scaling, max_heads
+        ctx.save_for_backward(query, key, sinks, *mask.tensors())
+        ctx.mask, ctx.scaling, ctx.max_heads, ctx.softcap = mask, scaling, max_heads, softcap
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, bias = ctx.saved_tensors
-        num_heads = query.shape[1]
+        query, key, sinks = ctx.saved_tensors[:3]
+        mask, num_heads, softcap = ctx.mask, query.shape[1], ctx.softcap
         acc = _acc_dtype(query)
-        grad = (grad_out.to(acc) / num_heads).unsqueeze(1)  # (B, 1, C, T), same for every head
         need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_sink = sinks is not None and ctx.needs_input_grad[6]
         dq = torch.zeros(query.shape, dtype=acc, device=query.device) if need_q else None
         dk = torch.zeros(key.shape, dtype=acc, device=key.device) if need_k else None
-        for kv, h0, h1 in _head_chunks(num_heads, key.shape[1], ctx.max_heads):
-            probs = _chunk_probs(query, key, bias, ctx.scaling, kv, h0, h1)
-            # softmax backward p * (g - sum(p * g)), as p*g - p*sum(p*g) in two passes; scaling goes on the small
-            # (C x D) / (T x D) products instead of the (h, C, T) block
-            dscores = probs * grad
-            dscores.addcmul_(probs, dscores.sum(dim=-1, keepdim=True), value=-1.0)
-            del probs
-            if need_q:
-                dq[:, h0:h1] = torch.matmul(dscores, key[:, kv : kv + 1].to(acc)) * ctx.scaling
-            if need_k:
-                dk_chunk = torch.matmul(dscores.transpose(-1, -2), query[:, h0:h1].to(acc)).sum(dim=1)
-                dk[:, kv] += dk_chunk * ctx.scaling
+        dsink = torch.zeros(num_heads, dtype=acc, device=query.device) if need_sink else None
+        chunks = list(_head_chunks(num_heads, key.shape[1], ctx.max_heads))
+        for r0, r1 in _row_blocks(query.shape[2], max(h1 - h0 for _, h0, h1 in chunks)):
+            block_bias, q = mask.block(r0, r1), query[:, :, r0:r1]
+            grad = (grad_out[:, r0:r1].to(acc) / num_heads).unsqueeze(1)  # (B, 1, r, T), same for every head
+            for kv, h0, h1 in chunks:
+                probs, sink, tanh = _chunk_probs(q, key, block_bias, ctx.scaling, kv, h0, h1, softcap, sinks, True)
+                # softmax backward p * (g - sum(p * g)), as p*g - p*sum(p*g) in two passes; scaling goes on the
+                # small (r x D) / (T x D) products instead of the (h, r, T) block. A sink's own gradient is 0 (not
+                # in the rows), so it only enters through its share of the denominator: d sink = -p_sink * sum(p*g).
+                dscores = probs * grad
+                delta = dscores.sum(dim=-1, keepdim=True)
+                dscores.addcmul_(probs, delta, value=-1.0)
+                del probs
+                if need_sink:
+                    dsink[h0:h1] += -(sink * delta).sum(dim=(0, 2, 3))
+                if tanh is not None:  # d(cap * tanh(s / cap)) / ds = 1 - tanh^2
+                    dscores.mul_(tanh.mul_(tanh).neg_().add_(1.0))
+                    del tanh
+                if need_q:
+                    dq[:, h0:h1, r0:r1] = torch.matmul(dscores, key[:, kv : kv + 1].to(acc)) * ctx.scaling
+                if need_k:
+                    dk_chunk = torch.matmul(dscores.transpose(-1, -2), q[:, h0:h1].to(acc)).sum(dim=1)
+                    dk[:, kv] += dk_chunk * ctx.scaling
+                del dscores
         dq = dq.to(query.dtype) if need_q else None
         dk = dk.to(key.dtype) if need_k else None
-        return dq, dk, None, None, None
+        dsink = dsink.to(sinks.dtype) if need_sink else None
+        return dq, dk, None, None, None, None, dsink
 
 
-def normalize_mask(attention_mask, batch: int, rows: int, q_len: int, kv_len: int, is_causal: bool, device):
+def normalize_mask(
+    attention_mask, batch: int, rows: int, q_len: int, kv_len: int, is_causal: bool, device, sliding_window=None
+):
     """Turn any transformers mask for the last `rows` queries into an additive fp32 bias (B|1, 1, C, T) or None.
 
     Accepted: None (causal when `is_causal`), a 4D bool mask (True = attend), a 4D additive float mask, or a 2D
     padding mask (B, T) with 1 = keep (flash-attention style, causal applied on top when `is_causal`). Query rows
     are the last `rows` of the query; causality is bottom-right aligned (query j sits at kv_len - q_len + j).
+    `sliding_window` w (None or 2D masks only: a 4D mask already holds it) keeps the keys in (pos - w, pos] of a
+    query at position pos, transformers' and flash-attention's convention.
     """
-    keep = None
-    if attention_mask is None:
-        pass
-    elif attention_mask.dim() == 4:
-        mask = attention_mask[..., -rows:, -kv_len:]
-        if mask.shape[1] != 1:
-            raise ValueError(f"per-head attention masks are not supported (mask shape {tuple(attention_mask.shape)})")
-        if mask.dtype == torch.bool:
-            keep = mask
-        else:
-            return mask.to(torch.float64 if mask.dtype == torch.float64 else torch.float32)
-    elif attention_mask.dim() == 2:
-        keep = attention_mask[:, None, None, -kv_len:].bool()
-    else:
-        raise ValueError(f"unsupported attention mask of shape {tuple(attention_mask.shape)}")
-    if is_causal and (attention_mask is None or attention_mask.dim() == 2):
-        query_pos = torch.arange(kv_len - rows, kv_len, device=device)[:, None]
-        causal = torch.arange(kv_len, device=device)[None, :] <= query_pos
-        keep = causal[None, None] if keep is None else keep & causal
-    if keep is None:
-        return None
-    zero = torch.zeros((), dtype=torch.float32, device=device)
-    return torch.where(keep, zero, torch.full((), float("-inf"), device=device))
+    return RowMask(attention_mask, rows, kv_len, is_causal, sliding_window, device).block(0, rows)
 
 
 def _triton_module():
@@ -185,13 +220,28 @@ _warned: set = set()
 
 
 def attention_rows(
-    query, key, attention_mask=None, scaling=None, is_causal=True, num_rows=None, max_heads=None, backend="auto"
+    query,
+    key,
+    attention_mask=None,
+    scaling=None,
+    is_causal=True,
+    num_rows=None,
+    max_heads=None,
+    backend="auto",
+    *,
+    softcap=None,
+    sinks=None,
+    sliding_window=None,
 ):
     """Head-averaged post-softmax attention of the last `num_rows` queries: (B, C, T) float32, differentiable.
 
     query: (B, H, Q, D); key: (B, H_kv, T, D) (GQA not repeated). `attention_mask` as in `normalize_mask`.
     Softmax runs in fp32 whatever the input dtype. `backend`: "auto" | "torch" | "triton" (see `resolve_backend`);
     `max_heads` bounds the torch backend's head chunks (the Triton kernels never hold per-head blocks).
+    `softcap`: scores -> softcap * tanh(scores / softcap) before the mask (Gemma2's attn_logit_softcapping).
+    `sinks` (H,): a learned extra logit per head in the softmax denominator (GPT-OSS's `s_aux`), differentiable;
+    rows then sum to 1 - mean over heads of the sink's share. `sliding_window` w: a query at position p sees the
+    keys in (p - w, p] (applied with a None or 2D mask; a 4D mask already holds it).
     """
     batch, _, q_len, head_dim = query.shape
     rows = q_len if num_rows is None else min(int(num_rows), q_len)
@@ -201,10 +251,12 @@ def attention_rows(
     if resolve_backend(backend, query.device) == "triton":
         module, _ = _triton_module()
         if query.dtype in module.SUPPORTED_DTYPES and key.dtype == query.dtype:
-            return module.attention_rows_triton(q_rows, key, attention_mask, scaling, causal)
+            extras = {"softcap": softcap, "sinks": sinks, "sliding_window": sliding_window}
+            return module.attention_rows_triton(q_rows, key, attention_mask, scaling, causal, **extras)
         reason = f"dtypes {query.dtype}/{key.dtype} (Triton kernels take matching fp16, bf16 or fp32)"
         if reason not in _warned:
             _warned.add(reason)
             logger.warning("attention rows: falling back to the torch backend for %s", reason)
-    bias = normalize_mask(attention_mask, batch, rows, q_len, key.shape[2], causal, query.device)
-    return AttentionRowsFunction.apply(q_rows, key, bias, scaling, max_heads or DEFAULT_MAX_HEADS)
+    bias = RowMask(attention_mask, rows, key.shape[2], causal, sliding_window, query.device)
+    softcap = None if softcap is None else float(softcap)
+    return AttentionRowsFunction.apply(q_rows, key, bias, scaling, max_heads or DEFAULT_MAX_HEADS, softcap, sinks)

@@ -7,73 +7,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .attention_rows_tiles import _dot, _key_end, _key_start, _load_stats, _mask_tile, _scores, _tile
+
 __all__ = ["SUPPORTED_DTYPES", "_dk_kernel", "_dq_kernel", "_probs_kernel", "_stats_kernel"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-@triton.jit
-def _dot(a, b, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    # UPCAST: Triton's CPU interpreter computes bf16 x bf16 dots wrongly (seen with triton 3.9); fp32 there.
-    if UPCAST:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
-    else:
-        out = tl.dot(a, b, input_precision=PREC)
-    return out
-
-
-@triton.jit
-def _tile(base, idx, n, s_idx, cols, n_cols, s_col):
-    """Rows `idx` x columns `cols` of an (n, n_cols) matrix at `base`; zeros past its edges."""
-    mask = (idx < n)[:, None] & (cols < n_cols)[None, :]
-    return tl.load(base + idx[:, None] * s_idx + cols[None, :] * s_col, mask=mask, other=0)
-
-
-@triton.jit
-def _mask_tile(
-    rows,
-    keys,
-    C,
-    T,
-    keep,
-    dense,
-    s_den_c,
-    s_den_t,
-    CAUSAL: tl.constexpr,
-    KEY_PAD: tl.constexpr,
-    DENSE_KIND: tl.constexpr,
-):
-    """Additive fp32 (rows, keys) tile: 0 where attended, -inf where masked, plus any dense float bias.
-
-    `keep` / `dense` already point at this batch element's (T,) padding vector / (C, T) mask.
-    """
-    ok = (keys < T)[None, :] & (rows[:, None] >= 0)
-    if CAUSAL:  # bottom-right aligned: row r sits at absolute position T - C + r
-        ok = ok & (keys[None, :] <= (T - C) + rows[:, None])
-    if KEY_PAD:
-        ok = ok & (tl.load(keep + keys, mask=keys < T, other=0) != 0)[None, :]
-    bias = tl.zeros((rows.shape[0], keys.shape[0]), tl.float32)
-    if DENSE_KIND == 1:
-        ok = ok & (_tile(dense, rows, C, s_den_c, keys, T, s_den_t) != 0)
-    if DENSE_KIND == 2:
-        bias = _tile(dense, rows, C, s_den_c, keys, T, s_den_t).to(tl.float32)
-    return tl.where(ok, bias, float("-inf"))
-
-
-@triton.jit
-def _load_stats(STATS, bh, C, rows):
-    """(row max, 1/row sum) of one head; rows past C get (+inf, 0): probability 0 whatever the score."""
-    base = STATS + bh.to(tl.int64) * 2 * C + rows
-    return tl.load(base, mask=rows < C, other=float("inf")), tl.load(base + C, mask=rows < C, other=0.0)
-
-
-@triton.jit
-def _key_end(row_start, C, T, CAUSAL: tl.constexpr, BLOCK_C: tl.constexpr):
-    """One past the last key any row of the block [row_start, row_start + BLOCK_C) can see."""
-    end = T
-    if CAUSAL:
-        end = tl.minimum(T, tl.maximum(0, T - C + row_start + BLOCK_C))
-    return end
 
 
 @triton.jit
@@ -83,7 +21,10 @@ def _stats_kernel(
     STATS,
     KEEP,
     DENSE,
+    SINKS,
     scaling,
+    softcap,
+    window,
     s_qb,
     s_qh,
     s_qc,
@@ -104,6 +45,9 @@ def _stats_kernel(
     CAUSAL: tl.constexpr,
     KEY_PAD: tl.constexpr,
     DENSE_KIND: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    SINK: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -118,11 +62,15 @@ def _stats_kernel(
     k_base = K + b * s_kb + (h // GROUP) * s_kh
     row_max = tl.full((BLOCK_C,), float("-inf"), tl.float32)
     row_sum = tl.zeros((BLOCK_C,), tl.float32)
-    for start in range(0, _key_end(pid_c * BLOCK_C, C, T, CAUSAL, BLOCK_C), BLOCK_T):
+    if SINK:  # the sink is one more logit of the softmax: start the running max/sum from it
+        row_max = tl.zeros((BLOCK_C,), tl.float32) + tl.load(SINKS + h).to(tl.float32)
+        row_sum = row_sum + 1.0
+    first = _key_start(pid_c * BLOCK_C, C, T, window, WINDOW)
+    for start in range(first, _key_end(pid_c * BLOCK_C, C, T, CAUSAL, BLOCK_C), BLOCK_T):
         keys = start + tl.arange(0, BLOCK_T)
         k = _tile(k_base, keys, T, s_kt, dims, D, s_kd)
-        s = _dot(q, tl.trans(k), UPCAST, PREC) * scaling
-        s += _mask_tile(rows, keys, C, T, keep, dense, s_den_c, s_den_t, CAUSAL, KEY_PAD, DENSE_KIND)
+        s, _ = _scores(q, tl.trans(k), scaling, softcap, SOFTCAP, UPCAST, PREC)
+        s += _mask_tile(rows, keys, C, T, keep, dense, s_den_c, s_den_t, window, CAUSAL, KEY_PAD, DENSE_KIND, WINDOW)
         new_max = tl.maximum(row_max, tl.max(s, 1))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # all masked so far: avoid -inf - -inf
         row_sum = row_sum * tl.exp(row_max - shift) + tl.sum(tl.exp(s - shift[:, None]), 1)
@@ -140,7 +88,10 @@ def _probs_kernel(
     OUT,
     KEEP,
     DENSE,
+    SINKS,
     scaling,
+    softcap,
+    window,
     s_qb,
     s_qh,
     s_qc,
@@ -165,6 +116,9 @@ def _probs_kernel(
     CAUSAL: tl.constexpr,
     KEY_PAD: tl.constexpr,
     DENSE_KIND: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    SINK: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -175,11 +129,25 @@ def _probs_kernel(
     rows, dims = pid_c * BLOCK_C + tl.arange(0, BLOCK_C), tl.arange(0, BLOCK_D)
     keys = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     bias = _mask_tile(
-        rows, keys, C, T, KEEP + b * s_keep_b, DENSE + b * s_den_b, s_den_c, s_den_t, CAUSAL, KEY_PAD, DENSE_KIND
+        rows,
+        keys,
+        C,
+        T,
+        KEEP + b * s_keep_b,
+        DENSE + b * s_den_b,
+        s_den_c,
+        s_den_t,
+        window,
+        CAUSAL,
+        KEY_PAD,
+        DENSE_KIND,
+        WINDOW,
     )
     num_kv = H_KV
     if CAUSAL:  # a tile wholly above the diagonal is all zeros: skip the heads
-        num_kv = tl.where(pid_t * BLOCK_T >= _key_end(pid_c * BLOCK_C, C, T, CAUSAL, BLOCK_C), 0, H_KV)
+        num_kv = tl.where(pid_t * BLOCK_T >= _key_end(pid_c * BLOCK_C, C, T, CAUSAL, BLOCK_C), 0, num_kv)
+    if WINDOW:  # ... and so is a tile wholly before the window of the block's first row
+        num_kv = tl.where(pid_t * BLOCK_T + BLOCK_T <= _key_start(pid_c * BLOCK_C, C, T, window, WINDOW), 0, num_kv)
     acc = tl.zeros((BLOCK_C, BLOCK_T), tl.float32)
     for kv in range(num_kv):
         k_t = tl.trans(_tile(K + b * s_kb + kv * s_kh, keys, T, s_kt, dims, D, s_kd))
@@ -187,7 +155,8 @@ def _probs_kernel(
             h = kv * GROUP + j
             q = _tile(Q + b * s_qb + h * s_qh, rows, C, s_qc, dims, D, s_qd)
             row_max, inv_sum = _load_stats(STATS, b * H + h, C, rows)
-            acc += tl.exp(_dot(q, k_t, UPCAST, PREC) * scaling + bias - row_max[:, None]) * inv_sum[:, None]
+            scores, _ = _scores(q, k_t, scaling, softcap, SOFTCAP, UPCAST, PREC)
+            acc += tl.exp(scores + bias - row_max[:, None]) * inv_sum[:, None]
     out_ptrs = OUT + b * s_ob + rows[:, None] * s_oc + keys[None, :] * s_ot
     tl.store(out_ptrs, acc / H, mask=(rows < C)[:, None] & (keys < T)[None, :])
 
@@ -202,7 +171,10 @@ def _dq_kernel(
     DELTA,
     KEEP,
     DENSE,
+    SINKS,
     scaling,
+    softcap,
+    window,
     inv_heads,
     s_qb,
     s_qh,
@@ -227,6 +199,9 @@ def _dq_kernel(
     CAUSAL: tl.constexpr,
     KEY_PAD: tl.constexpr,
     DENSE_KIND: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    SINK: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -240,22 +215,24 @@ def _dq_kernel(
     q = _tile(Q + b * s_qb + h * s_qh, rows, C, s_qc, dims, D, s_qd)
     row_max, inv_sum = _load_stats(STATS, pid_bh, C, rows)
     k_base, g_base = K + b * s_kb + (h // GROUP) * s_kh, G + b * s_gb
-    end = _key_end(pid_c * BLOCK_C, C, T, CAUSAL, BLOCK_C)
+    first, end = _key_start(pid_c * BLOCK_C, C, T, window, WINDOW), _key_end(pid_c * BLOCK_C, C, T, CAUSAL, BLOCK_C)
     delta = tl.zeros((BLOCK_C,), tl.float32)
-    for start in range(0, end, BLOCK_T):  # pass 1: delta = sum_t p * g / H
+    for start in range(first, end, BLOCK_T):  # pass 1: delta = sum_t p * g / H
         keys = start + tl.arange(0, BLOCK_T)
-        s = _dot(q, tl.trans(_tile(k_base, keys, T, s_kt, dims, D, s_kd)), UPCAST, PREC) * scaling
-        s += _mask_tile(rows, keys, C, T, keep, dense, s_den_c, s_den_t, CAUSAL, KEY_PAD, DENSE_KIND)
+        s, _ = _scores(
+            q, tl.trans(_tile(k_base, keys, T, s_kt, dims, D, s_kd)), scaling, softcap, SOFTCAP, UPCAST, PREC
+        )
+        s += _mask_tile(rows, keys, C, T, keep, dense, s_den_c, s_den_t, window, CAUSAL, KEY_PAD, DENSE_KIND, WINDOW)
         g = _tile(g_base, rows, C, s_gc, keys, T, s_gt).to(tl.float32) * inv_heads
         delta += tl.sum(tl.exp(s - row_max[:, None]) * inv_sum[:, None] * g, 1)
     dq = tl.zeros((BLOCK_C, BLOCK_D), tl.float32)
-    for start in range(0, end, BLOCK_T):  # pass 2: dq = sum_t ds * k, ds formed in fp32
+    for start in range(first, end, BLOCK_T):  # pass 2: dq = sum_t ds * k, ds formed in fp32
         keys = start + tl.arange(0, BLOCK_T)
         k = _tile(k_base, keys, T, s_kt, dims, D, s_kd)
-        s = _dot(q, tl.trans(k), UPCAST, PREC) * scaling
-        s += _mask_tile(rows, keys, C, T, keep, dense, s_den_c, s_den_t, CAUSAL, KEY_PAD, DENSE_KIND)
+        s, slope = _scores(q, tl.trans(k), scaling, softcap, SOFTCAP, UPCAST, PREC)
+        s += _mask_tile(rows, keys, C, T, keep, dense, s_den_c, s_den_t, window, CAUSAL, KEY_PAD, DENSE_KIND, WINDOW)
         g = _tile(g_base, rows, C, s_gc, keys, T, s_gt).to(tl.float32) * inv_heads
-        ds = tl.exp(s - row_max[:, None]) * inv_sum[:, None] * (g - delta[:, None]) * scaling
+        ds = tl.exp(s - row_max[:, None]) * inv_sum[:, None] * (g - delta[:, None]) * slope * scaling
         dq += _dot(ds.to(k.dtype), k, UPCAST, PREC)
     dq_ptrs = DQ + pid_bh.to(tl.int64) * C * D + rows[:, None] * D + dims[None, :]
     tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=(rows < C)[:, None] & (dims < D)[None, :])
@@ -272,7 +249,10 @@ def _dk_kernel(
     DK,
     KEEP,
     DENSE,
+    SINKS,
     scaling,
+    softcap,
+    window,
     inv_heads,
     s_qb,
     s_qh,
@@ -298,6 +278,9 @@ def _dk_kernel(
     CAUSAL: tl.constexpr,
     KEY_PAD: tl.constexpr,
     DENSE_KIND: tl.constexpr,
+    WINDOW: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    SINK: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -312,18 +295,22 @@ def _dk_kernel(
     first = 0
     if CAUSAL:  # rows before (first key - (T - C)) see none of this tile
         first = (tl.maximum(0, pid_t * BLOCK_T - (T - C)) // BLOCK_C) * BLOCK_C
+    last = C
+    if WINDOW:  # rows past (last key + window - (T - C)) have left this tile behind
+        last = tl.minimum(C, tl.maximum(0, pid_t * BLOCK_T + BLOCK_T - 1 + window - (T - C)))
     dk = tl.zeros((BLOCK_T, BLOCK_D), tl.float32)
-    for row_start in range(first, C, BLOCK_C):
+    for row_start in range(first, last, BLOCK_C):
         rows = row_start + tl.arange(0, BLOCK_C)
-        bias = _mask_tile(rows, keys, C, T, keep, dense, s_den_c, s_den_t, CAUSAL, KEY_PAD, DENSE_KIND)
+        bias = _mask_tile(rows, keys, C, T, keep, dense, s_den_c, s_den_t, window, CAUSAL, KEY_PAD, DENSE_KIND, WINDOW)
         g = _tile(G + b * s_gb, rows, C, s_gc, keys, T, s_gt).to(tl.float32) * inv_heads  # shared by the group
         for j in range(GROUP):
             h = kv * GROUP + j
             q = _tile(Q + b * s_qb + h * s_qh, rows, C, s_qc, dims, D, s_qd)
             row_max, inv_sum = _load_stats(STATS, b * H + h, C, rows)
             delta = tl.load(DELTA + (b * H + h) * C + rows, mask=rows < C, other=0)
-            p = tl.exp(_dot(q, k_t, UPCAST, PREC) * scaling + bias - row_max[:, None]) * inv_sum[:, None]
-            ds = p * (g - delta[:, None]) * scaling
+            scores, slope = _scores(q, k_t, scaling, softcap, SOFTCAP, UPCAST, PREC)
+            p = tl.exp(scores + bias - row_max[:, None]) * inv_sum[:, None]
+            ds = p * (g - delta[:, None]) * slope * scaling
             dk += _dot(tl.trans(ds.to(q.dtype)), q, UPCAST, PREC)
     dk_ptrs = DK + pid_bkv.to(tl.int64) * T * D + keys[:, None] * D + dims[None, :]
     tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=(keys < T)[:, None] & (dims < D)[None, :])

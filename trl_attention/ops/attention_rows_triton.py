@@ -107,14 +107,32 @@ class TritonAttentionRowsFunction(torch.autograd.Function):
     """`AttentionRowsFunction` with fused kernels. Saves q, k, masks and the (B, H, 2, C) stats; never H*C*T."""
 
     @staticmethod
-    def forward(ctx, query, key, key_keep, dense, dense_kind, causal, scaling, block_rows=None, block_keys=None):
+    def forward(
+        ctx,
+        query,
+        key,
+        key_keep,
+        dense,
+        dense_kind,
+        causal,
+        scaling,
+        block_rows=None,
+        block_keys=None,
+        softcap=None,
+        sinks=None,
+        window=None,
+    ):
         batch, heads, rows, dim = query.shape
         kv_heads, length = key.shape[1], key.shape[2]
         if heads % kv_heads:
             raise ValueError(f"query heads ({heads}) must be a multiple of key/value heads ({kv_heads})")
         cfg = _config(query, block_rows, block_keys)
-        flags = {"CAUSAL": bool(causal), "KEY_PAD": key_keep is not None, "DENSE_KIND": dense_kind, **cfg}
+        flags = {"CAUSAL": bool(causal), "KEY_PAD": key_keep is not None, "DENSE_KIND": dense_kind}
+        flags.update(WINDOW=window is not None, SOFTCAP=softcap is not None, SINK=sinks is not None, **cfg)
+        sink_values = sinks.detach().float().contiguous() if sinks is not None else None
         masks, mask_strides = _mask_args(query, key_keep, dense)
+        masks = (*masks, sink_values if sink_values is not None else masks[1])
+        extras = (float(softcap or 1.0), int(window or 0))
         stats = torch.empty(batch, heads, 2, rows, dtype=torch.float32, device=query.device)
         out = torch.zeros(batch, rows, length, dtype=torch.float32, device=query.device)
         sizes = (heads, rows, length, dim, heads // kv_heads)
@@ -122,7 +140,7 @@ class TritonAttentionRowsFunction(torch.autograd.Function):
             blocks_c, qk = triton.cdiv(rows, cfg["BLOCK_C"]), (*query.stride(), *key.stride())
             with _device(query):
                 _stats_kernel[(blocks_c, batch * heads)](
-                    query, key, stats, *masks, scaling, *qk, *mask_strides, *sizes, **flags
+                    query, key, stats, *masks, scaling, *extras, *qk, *mask_strides, *sizes, **flags
                 )
                 _probs_kernel[(blocks_c, triton.cdiv(length, cfg["BLOCK_T"]), batch)](
                     query,
@@ -131,6 +149,7 @@ class TritonAttentionRowsFunction(torch.autograd.Function):
                     out,
                     *masks,
                     scaling,
+                    *extras,
                     *qk,
                     *out.stride(),
                     *mask_strides,
@@ -139,24 +158,25 @@ class TritonAttentionRowsFunction(torch.autograd.Function):
                     *sizes[1:],
                     **flags,
                 )
-        ctx.save_for_backward(query, key, stats, key_keep, dense)
-        ctx.flags, ctx.scaling = flags, scaling
+        ctx.save_for_backward(query, key, stats, key_keep, dense, sinks, sink_values)
+        ctx.flags, ctx.scaling, ctx.extras = flags, scaling, extras
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, stats, key_keep, dense = ctx.saved_tensors
+        query, key, stats, key_keep, dense, sinks, sink_values = ctx.saved_tensors
         batch, heads, rows, dim = query.shape
         kv_heads, length = key.shape[1], key.shape[2]
         flags, need_q, need_k = ctx.flags, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         masks, mask_strides = _mask_args(query, key_keep, dense)
+        masks = (*masks, sink_values if sink_values is not None else masks[1])
         grad = grad_out if grad_out.dtype == torch.float32 else grad_out.float()
         strides = (*query.stride(), *key.stride(), *grad.stride(), *mask_strides)
         dq = torch.zeros_like(query)  # computed even when only dk is asked for: its pass 1 yields delta
         delta = torch.zeros(batch, heads, rows, dtype=torch.float32, device=query.device)
         dk = torch.zeros_like(key) if need_k else None
         if grad.numel():
-            args = (ctx.scaling, 1.0 / heads, *strides)
+            args = (ctx.scaling, *ctx.extras, 1.0 / heads, *strides)
             with _device(query):
                 _dq_kernel[(triton.cdiv(rows, flags["BLOCK_C"]), batch * heads)](
                     query,
@@ -192,14 +212,37 @@ class TritonAttentionRowsFunction(torch.autograd.Function):
                         heads // kv_heads,
                         **flags,
                     )
-        return (dq if need_q else None, dk) + (None,) * 7
+        dsink = None
+        if sinks is not None and ctx.needs_input_grad[10]:  # d sink = -sum p_sink * delta, p_sink from the stats
+            row_max, inv_sum = stats[:, :, 0], stats[:, :, 1]
+            p_sink = torch.exp(sink_values[None, :, None] - row_max) * inv_sum
+            dsink = -(p_sink * delta).sum(dim=(0, 2)).to(sinks.dtype)
+        return (dq if need_q else None, dk) + (None,) * 8 + (dsink, None)
 
 
-def attention_rows_triton(q_rows, key, attention_mask, scaling, is_causal, block_rows=None, block_keys=None):
+def attention_rows_triton(
+    q_rows,
+    key,
+    attention_mask,
+    scaling,
+    is_causal,
+    block_rows=None,
+    block_keys=None,
+    *,
+    softcap=None,
+    sinks=None,
+    sliding_window=None,
+):
     """(B, C, T) fp32 head-mean probabilities of `q_rows` (B, H, C, D) over `key` (B, H_kv, T, D), differentiable.
 
-    `attention_mask` / `is_causal` as in `normalize_mask` (is_causal already False for single-token queries).
+    `attention_mask` / `is_causal` / `sliding_window` as in `normalize_mask` (is_causal already False for
+    single-token queries); `softcap` and `sinks` (H,) as in `attention_rows`.
     """
     causal, key_keep, dense, kind = compact_mask(attention_mask, q_rows.shape[2], key.shape[2], is_causal)
+    if sliding_window is not None and (dense is not None or key.shape[2] <= sliding_window):
+        sliding_window = None  # a 4D mask already holds the window; a short sequence fits in it
     blocks = (block_rows, block_keys)
-    return TritonAttentionRowsFunction.apply(q_rows, key, key_keep, dense, kind, causal, scaling, *blocks)
+    softcap = None if softcap is None else float(softcap)
+    return TritonAttentionRowsFunction.apply(
+        q_rows, key, key_keep, dense, kind, causal, scaling, *blocks, softcap, sinks, sliding_window
+    )

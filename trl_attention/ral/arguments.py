@@ -20,7 +20,12 @@ class RALArguments:
     )
     attn_layer: int = field(
         default=-1,
-        metadata={"help": "Decoder layer whose head-averaged attention is the attention policy (-1 = last)."},
+        metadata={
+            "help": "Attention layer whose head-averaged attention is the attention policy (-1 = the last attention "
+            "layer). It indexes the layers with softmax attention: on hybrid decoders (Qwen3.5, Qwen3-Next, "
+            "NemotronH) Mamba / linear-attention layers are skipped, and errors also give the model's own decoder "
+            "layer index. Not looked up when attn_coef=0 and no attention term or reward is used."
+        },
     )
     freeze_vision_tower: bool = field(
         default=False,

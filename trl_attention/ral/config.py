@@ -23,8 +23,9 @@ class AttentionGRPOConfig(GRPOTeacherArguments, RALArguments, GRPOConfig):
             term only acts when rollouts are reused across optimiser steps (`num_iterations > 1`, or
             `steps_per_generation > gradient_accumulation_steps`); see the warning issued otherwise.
         attn_layer (`int`, *optional*, defaults to `-1`):
-            Decoder layer whose head-averaged attention forms the attention policy. Negative values count from
-            the last layer.
+            Attention layer whose head-averaged attention forms the attention policy; negative values count from
+            the last. It indexes the softmax-attention layers (hybrid decoders' Mamba / linear-attention layers are
+            skipped); errors also give the model's own decoder layer index.
         gkd_coef (`float`, *optional*, defaults to `0.0`):
             Weight mu of the token-level generalized JSD to the `teacher_model` on the rollouts (needs a teacher).
         attn_distill_coef (`float`, *optional*, defaults to `0.0`):

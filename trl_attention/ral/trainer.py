@@ -21,14 +21,15 @@ import warnings
 import torch
 from trl import GRPOTrainer
 
-from ..capture import AttentionCapture, capture_attention, visual_token_ids
+from ..capture import capture_attention, visual_token_ids
+from ..capture.models import resolve_attention_layer
 from ..distill.grpo_term import GRPOTeacherMixin
 from ..distill.losses import backbone_hidden_states
-from ..distributed import DistributedChecksCallback, freeze_vision_tower
+from ..distributed import DistributedChecksCallback, check_capture_supported, freeze_vision_tower
 from ..losses import attention_entropy, attention_policy, jsd
 from ..papers import model_card_paper
 from ..sayo.attention import RewardAttentionMixin
-from ..trl_internals import aggregate_like_trl, log_global_masked_mean, loss_mask
+from ..trl_internals import aggregate_like_trl, log_global_masked_mean, loss_mask, reuses_rollouts
 from .config import AttentionGRPOConfig
 from .scoring import ScoringCaptureMixin
 
@@ -70,15 +71,20 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
             freeze_vision_tower(self.model)
         self.attn_coef = float(getattr(self.args, "attn_coef", AttentionGRPOConfig.attn_coef))
         self.attn_layer = int(getattr(self.args, "attn_layer", AttentionGRPOConfig.attn_layer))
+        # The policy is captured only for RAL's term, an attention reward or attention distillation: otherwise no
+        # decoder layer is looked up (plain GRPO on any model GRPOTrainer trains, hybrids included).
+        rewards_attention = any(getattr(func, "requires_attention", False) for func in self.reward_funcs)
+        self.attn_model_layer = None  # the model's own decoder layer index of `attn_layer`, when captured
+        if self.attn_coef != 0 or rewards_attention:  # unsupported model / option: fail now, not at step 1
+            check_capture_supported(self.model, self.attn_layer, "attn_layer")
+            self.attn_model_layer = resolve_attention_layer(self.model, self.attn_layer, "attn_layer")[1]
         self._init_teacher(teacher_model)
         self.add_callback(DistributedChecksCallback(self))  # batch sizes, ZeRO-3 gathering, teacher size at train()
         self._init_reward_attention(self.attn_layer)
         self._init_scoring_capture(self.attn_layer, self.attn_coef != 0, bool(self._attention_reward_indices))
         self._set_model_card_methods()
         if self.attn_coef != 0:
-            AttentionCapture(self.model, layer=self.attn_layer)  # fail now, not mid-training, on unsupported models
-            generate_every = self.args.steps_per_generation * self.num_iterations
-            if self.args.gradient_accumulation_steps % generate_every == 0:
+            if not reuses_rollouts(self):
                 message = (
                     f"attn_coef={self.attn_coef} has no effect with num_iterations={self.num_iterations}, "
                     f"steps_per_generation={self.args.steps_per_generation} and gradient_accumulation_steps="
@@ -88,6 +94,17 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
                 )
                 warnings.warn(message, UserWarning, stacklevel=2)
                 logger.warning(message)
+
+    def capture_layers(self) -> dict:
+        """{"model": attn_layer, "teacher": teacher_attn_layer} of the models this run captures (the pre-flight
+        checks look only at these; {} for plain GRPO)."""
+        layers = {}
+        distill = self.teacher_model is not None and self.attn_distill_coef != 0
+        if self.attn_coef != 0 or self._attention_reward_indices or distill:
+            layers["model"] = self.attn_layer
+        if distill:
+            layers["teacher"] = self.teacher_attn_layer
+        return layers
 
     # -- p_theta: captured inside TRL's loss forward ------------------------------------------------------------
     def _compute_loss(self, model, inputs):

@@ -134,7 +134,7 @@ class VRGA:
             raise CaptureError(
                 f"VRGA needs a VLM with get_image_features(pixel_values, image_grid_thw); {name} has none"
             )
-        self._hooks = AttentionHooks(model, self._attention)  # CaptureError for flash/flex attention, no decoder
+        self._hooks = AttentionHooks(model, self._attention)  # sdpa/eager only: CaptureError otherwise
         self.num_layers = len(self._hooks.layers)
         self.diagnostics: list = []
         self._state: dict | None = None
