@@ -83,6 +83,28 @@ def _gkd_cell(model, tokenizer):
     return "untested"
 
 
+def _sayo_cell(model, tokenizer, tmp_path):
+    """Construction with RegionAttentionReward: refused (naming the missing grid) where boxes cannot be mapped."""
+    from trl_attention.sayo import RegionAttentionReward
+    from trl_attention.tiny import make_grounding_dataset
+
+    args = trainer_args(AttentionGRPOConfig, tmp_path, attn_coef=0.0, max_steps=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            AttentionGRPOTrainer(
+                model=model,
+                reward_funcs=[RegionAttentionReward()],
+                args=args,
+                train_dataset=make_grounding_dataset(2),
+                processing_class=tokenizer,
+            )
+    except ValueError as error:
+        assert "image_grid_thw" in str(error), error
+        return "clear error"
+    return "untested"
+
+
 def _vrga_cell(model):
     from trl_attention.vrga import enable_vrga
 
@@ -107,6 +129,7 @@ def compute_matrix(tmp_path) -> dict:
             cells[feature] = "n/a (text)" if text else "untested"
         if not text:
             cells["VRGA"] = _vrga_cell(model)
+            cells["SAYO"] = _sayo_cell(copy.deepcopy(model), tokenizer, tmp_path / f"{name}_sayo")
         rows[name] = cells
     return rows
 
@@ -122,7 +145,8 @@ def render(rows: dict) -> str:
         "this transformers version. **supported**: it ran and matched its reference (capture: eager "
         "`output_attentions` of the last attention layer; RAL: one `AttentionGRPOTrainer` step with `attn_coef=1` "
         "on text prompts, logging `attention/jsd`). **clear error**: a `CaptureError` naming the module and the "
-        "option, raised at construction (RAL, GKD) or on entry (capture, VRGA). **untested**: not run here. "
+        "option (SAYO: a `ValueError` naming the missing `image_grid_thw`), raised at construction (RAL, SAYO, GKD) or "
+        "on entry (capture, VRGA). **untested**: not run here. "
         "With `attn_coef=0` (no attention term or reward) every family trains as `trl.GRPOTrainer` does "
         "(tests/ral/test_any_model.py).",
         "",
@@ -137,7 +161,7 @@ def render(rows: dict) -> str:
         "",
         "Families of `trl_attention.tiny.families` this transformers version lacks are left out. Qwen2 / Qwen2.5-VL "
         "(the project's own tiny models) are covered by the rest of the test suite. SAYO boxes and heatmaps need "
-        "the Qwen-style `image_grid_thw`; for the other layouts they are untested here.",
+        "the Qwen-style `image_grid_thw`: SAYO refuses the other layouts at construction; heatmaps are untested there.",
         "",
     ]
     return "\n".join(lines)

@@ -194,3 +194,24 @@ def test_trainer_validates_dict_eval_datasets_with_its_processor(tmp_path):
         _trainer(tmp_path, good, {"ok": good, "wide": wide}, eval_strategy="steps", eval_steps=1)
     with pytest.raises(ValueError, match=r"train_dataset: row 1, column `image`.*image processor rejects"):
         _trainer(tmp_path, wide)
+
+
+def test_region_reward_on_a_model_without_qwen_grids_fails_at_construction(tmp_path):
+    """LLaVA has fixed patch grids and no image_grid_thw: without this check every completion would score None."""
+    from trl_attention.tiny import build_tokenizer
+    from trl_attention.tiny.families import available_families, build_tiny_family
+
+    if "llava" not in available_families():
+        pytest.skip("this transformers version has no LLaVA")
+    model, _ = build_tiny_family("llava")
+    args = trainer_args(AttentionGRPOConfig, tmp_path, attn_coef=0.0)
+    with pytest.raises(
+        ValueError, match=r"region_attention maps boxes .*image_grid_thw.*LlavaForConditionalGeneration"
+    ):
+        AttentionGRPOTrainer(
+            model=model,
+            reward_funcs=[RegionAttentionReward()],
+            args=args,
+            train_dataset=make_grounding_dataset(2),
+            processing_class=build_tokenizer(),
+        )

@@ -35,3 +35,21 @@ def test_beams_and_several_sequences_per_prompt_name_the_option(vlm_inputs, opti
     assert "generate" not in vars(model)  # disabled: the class's generate again, beams work
     beams = model.generate(**inputs, max_new_tokens=2, num_beams=2, do_sample=False)
     assert beams.shape[0] == 2 and torch.is_tensor(beams)
+
+
+def test_reference_query_without_a_question_end_is_an_error_not_a_guess(vlm_inputs):
+    """query='question' looks for the end of the user turn after the image; a prompt without one (no chat template)
+    must not silently fall back to the last token, which is not the row the released code reads."""
+    model, _ = vlm_inputs
+    processor = build_tiny_vlm(seed=0)[1]
+    image = make_grounding_dataset(1)[0]["image"]
+    raw = processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>What colour is the square?"],
+        images=[image],
+        return_tensors="pt",
+    )
+    with enable_vrga(model, VRGAConfig(preset="reference")):
+        with pytest.raises(ValueError, match="sample 0 has no end-of-turn token .* pass q_end_pos"):
+            model.generate(**raw, max_new_tokens=2, do_sample=False)
+    with enable_vrga(model, VRGAConfig(preset="reference", query="last")):  # the explicit alternative runs
+        assert model.generate(**raw, max_new_tokens=2, do_sample=False).shape[0] == 1

@@ -257,7 +257,8 @@ def test_other_families(kind):
     model, inputs = build_tiny_qwen_vl(kind)
     gen = {**GEN, "max_new_tokens": 3, "min_new_tokens": 3}
     plain = model.generate(**inputs, **gen)
-    with enable_vrga(model, VRGAConfig(gamma=0.0)):
+    # hand-made ids without a chat turn: the reference preset's question row does not exist, so query='last'
+    with enable_vrga(model, VRGAConfig(gamma=0.0, query="last")):
         same = model.generate(**inputs, **gen)
     steer = VRGAConfig(preset="paper", gamma=4.0, min_focus_tokens=1, radius=0, sink_exclusion="none")
     with enable_vrga(model, steer) as vrga:

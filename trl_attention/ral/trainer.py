@@ -80,7 +80,7 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
             self.attn_model_layer = resolve_attention_layer(self.model, self.attn_layer, "attn_layer")[1]
         self._init_teacher(teacher_model)
         self.add_callback(DistributedChecksCallback(self))  # batch sizes, ZeRO-3 gathering, teacher size at train()
-        self._init_reward_attention(self.attn_layer)
+        self._init_reward_attention()
         self._init_scoring_capture(self.attn_layer, self.attn_coef != 0, bool(self._attention_reward_indices))
         self._set_model_card_methods()
         if self.attn_coef != 0:

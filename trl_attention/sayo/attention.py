@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..capture import AttentionCapture, spatial_merge_size, unwrap_model
+from ..capture import spatial_merge_size, unwrap_model
 from ..trl_internals import pad
 from .regions import visual_token_positions
 
@@ -42,10 +42,10 @@ def _validate(func, dataset, name: str, processing_class) -> None:
 
 
 class RewardAttentionMixin:
-    """Mix into a GRPOTrainer subclass (with `ScoringCaptureMixin` after it); call `_init_reward_attention(layer)`
+    """Mix into a GRPOTrainer subclass (with `ScoringCaptureMixin` after it); call `_init_reward_attention()`
     in `__init__` before `_init_scoring_capture`."""
 
-    def _init_reward_attention(self, layer: int) -> None:
+    def _init_reward_attention(self) -> None:
         self._reward_attention = None
         self._scoring_prompts = None  # (prompt_ids, images, multimodal_fields) as TRL tokenised them
         self._attention_reward_indices = [
@@ -58,7 +58,18 @@ class RewardAttentionMixin:
                 "attention rewards need TRL's default single-turn generation path (no rollout_func, "
                 "environment_factory or tools)"
             )
-        AttentionCapture(self.model, layer=layer)  # unsupported model / attention implementation: fail now
+        # (the capture itself was checked by the trainer, check_capture_supported, before this runs)
+        grid_rewards = [
+            getattr(self.reward_funcs[i], "__name__", type(self.reward_funcs[i]).__name__)
+            for i in self._attention_reward_indices
+            if getattr(self.reward_funcs[i], "needs_visual_grid", False)
+        ]
+        if grid_rewards and spatial_merge_size(self.model, default=None) is None:
+            raise ValueError(
+                f"{', '.join(grid_rewards)} maps boxes to visual tokens through a Qwen-VL-style image_grid_thw and "
+                f"vision_config.spatial_merge_size; {type(unwrap_model(self.model)).__name__} has none, so every "
+                "completion would score None (docs/support-matrix.md)"
+            )
         datasets = [("train_dataset", self.train_dataset)]
         if isinstance(self.eval_dataset, dict):
             datasets += [(f"eval_dataset[{name!r}]", split) for name, split in self.eval_dataset.items()]

@@ -105,6 +105,7 @@ class RegionAttentionReward(AttentionReward):
     """
 
     __name__ = "region_attention"
+    needs_visual_grid = True  # boxes map to tokens through Qwen-VL's image_grid_thw / spatial_merge_size
 
     def __init__(
         self,

@@ -242,8 +242,11 @@ class VRGA:
             return last
         vision_end = int(positions[-1][-1]) + 1  # the question follows the last image's <|vision_end|>
         after = torch.isin(ids[vision_end + 1 :], ids.new_tensor(self._end_of_turn))
-        if not after.any():
-            return last
+        if not after.any():  # no question end to find: guessing the last token would not be the reference's row
+            raise ValueError(
+                f"VRGA query='question': sample {b} has no end-of-turn token (ids {self._end_of_turn}) after its last "
+                "image, so the question's end is unknown; pass q_end_pos (eval_qwen.py's meaning) or query='last'"
+            )
         return max(vision_end + int(torch.nonzero(after)[0]) - 1, 0)
 
     def _finish_prefill(self, state):
@@ -391,10 +394,7 @@ def _one_sequence_per_prompt(generate, base):
 
 def _end_of_turn_ids(base) -> list:
     """Token ids that close the user turn (the model's eos ids: <|im_end|> on Qwen-VL), for query="question"."""
-    found = []
-    for source in (base.config, getattr(base.config, "text_config", None), getattr(base, "generation_config", None)):
-        ids = getattr(source, "eos_token_id", None) if source is not None else None
-        for i in ids if isinstance(ids, (list, tuple)) else [ids]:
-            if i is not None and int(i) not in found:
-                found.append(int(i))
-    return found
+    sources = (base.config, getattr(base.config, "text_config", None), getattr(base, "generation_config", None))
+    ids = [getattr(source, "eos_token_id", None) for source in sources if source is not None]
+    flat = [i for v in ids for i in (v if isinstance(v, (list, tuple)) else [v]) if i is not None]
+    return list(dict.fromkeys(int(i) for i in flat))
