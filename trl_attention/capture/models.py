@@ -4,6 +4,7 @@ in one place."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 __all__ = [
@@ -141,3 +142,24 @@ def visual_token_ids(model: nn.Module) -> list[int]:
     names = ("image_token_id", "image_token_index", "video_token_id", "video_token_index")
     ids = [getattr(config, name, None) for name in names]
     return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def visual_masses(model: nn.Module, probs: torch.Tensor, input_ids: torch.Tensor) -> dict:
+    """Attention mass (B, C) on image placeholders (`image_mass`) and, for models with video tokens, on video
+    placeholders (`video_mass`) and on both (`visual_mass`); {} for text-only models. Decided by the config alone,
+    so every rank logs the same metrics."""
+    config = getattr(unwrap_model(model), "config", None)
+    image = [getattr(config, n, None) for n in ("image_token_id", "image_token_index")]
+    video = [getattr(config, n, None) for n in ("video_token_id", "video_token_index")]
+    image = [int(i) for i in image if i is not None][:1]
+    video = [int(i) for i in video if i is not None][:1]
+
+    def mass(ids):
+        hit = torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
+        return (probs * hit[:, None, :].to(probs.dtype)).sum(-1)
+
+    out = {"image_mass": mass(image)} if image else {}
+    if video:
+        out["video_mass"] = mass(video)
+        out["visual_mass"] = out["video_mass"] + out["image_mass"] if image else out["video_mass"]
+    return out

@@ -15,6 +15,7 @@ import torch
 
 from ..capture import capture_attention, unwrap_model
 from ..trl_internals import TEACHER_FORWARD_KEYS, aggregate_like_trl, log_global_masked_mean, loss_mask
+from ..video.grpo import visual_forward_kwargs
 from .losses import attention_distill_per_token, token_generalized_jsd
 from .teacher import check_teacher, load_teacher, prepare_teacher
 
@@ -58,6 +59,8 @@ class GRPOTeacherMixin:
         kwargs = {key: inputs[key] for key in TEACHER_FORWARD_KEYS if inputs.get(key) is not None}
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        if inputs.get("visual_inputs") is not None:  # video batches: the rows' own images and frames
+            kwargs.update(visual_forward_kwargs(self.teacher_model, inputs["visual_inputs"], input_ids))
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.no_grad())
             stack.enter_context(self.accelerator.autocast())

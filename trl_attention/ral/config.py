@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from trl import GRPOConfig
 
 from ..distill.arguments import GRPOTeacherArguments
+from ..video.arguments import VideoArguments
 from .arguments import RALArguments
 
 __all__ = ["AttentionGRPOConfig"]
 
 
 @dataclass
-class AttentionGRPOConfig(GRPOTeacherArguments, RALArguments, GRPOConfig):
+class AttentionGRPOConfig(VideoArguments, GRPOTeacherArguments, RALArguments, GRPOConfig):
     r"""
     Configuration class for [`AttentionGRPOTrainer`]: every [`~trl.GRPOConfig`] field, plus the RAL term.
 
@@ -38,4 +39,7 @@ class AttentionGRPOConfig(GRPOTeacherArguments, RALArguments, GRPOConfig):
             Keyword arguments for loading `teacher_model` when it is given as a path or hub id.
         freeze_vision_tower (`bool`, *optional*, defaults to `False`):
             Freeze the vision encoder and projector before the optimizer is built (RAL trains only the LM).
+        video_fps, video_nframes, video_min_frames, video_max_frames, video_min_pixels, video_max_pixels,
+        video_total_pixels:
+            How rows' videos are sampled and resized (Qwen's video options; see [`~trl_attention.video.VideoArguments`]).
     """

@@ -72,7 +72,7 @@ class ScoringCaptureMixin:
                     output["prompt_mask"],
                     output["completion_ids"],
                     output["completion_mask"],
-                    {key: output.get(key) for key in SCORING_FORWARD_KEYS},
+                    {key: output.get(key) for key in (*SCORING_FORWARD_KEYS, "visual_inputs")},
                 )
             output["old_attention_probs"] = scoring["probs"]
         return output

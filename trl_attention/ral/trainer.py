@@ -21,8 +21,8 @@ import warnings
 import torch
 from trl import GRPOTrainer
 
-from ..capture import capture_attention, visual_token_ids
-from ..capture.models import resolve_attention_layer
+from ..capture import capture_attention
+from ..capture.models import resolve_attention_layer, visual_masses
 from ..distill.grpo_term import GRPOTeacherMixin
 from ..distill.losses import backbone_hidden_states
 from ..distributed import DistributedChecksCallback, check_capture_supported, freeze_vision_tower
@@ -30,6 +30,7 @@ from ..losses import attention_entropy, attention_policy, jsd
 from ..papers import model_card_paper
 from ..sayo.attention import RewardAttentionMixin
 from ..trl_internals import aggregate_like_trl, log_global_masked_mean, loss_mask, reuses_rollouts
+from ..video.grpo import VideoGRPOMixin
 from .config import AttentionGRPOConfig
 from .scoring import ScoringCaptureMixin
 
@@ -38,7 +39,7 @@ __all__ = ["AttentionGRPOTrainer"]
 logger = logging.getLogger(__name__)
 
 
-class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptureMixin, GRPOTrainer):
+class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptureMixin, VideoGRPOMixin, GRPOTrainer):
     """[`~trl.GRPOTrainer`] with RAL's attention-policy loss (Reinforced Attention Learning, arXiv 2602.04884).
 
     Same constructor as GRPOTrainer; configure with [`AttentionGRPOConfig`] (a plain `GRPOConfig` gets the RAL
@@ -67,6 +68,7 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
 
     def __init__(self, *args, teacher_model=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self._init_video(self.train_dataset, self.eval_dataset)  # video rows: checked now, not at step 1
         if getattr(self.args, "freeze_vision_tower", False):  # the optimizer is built later, in train()
             freeze_vision_tower(self.model)
         self.attn_coef = float(getattr(self.args, "attn_coef", AttentionGRPOConfig.attn_coef))
@@ -143,12 +145,10 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
     def _log_attention_metrics(self, inputs, probs, p_theta, per_token_jsd, mask):
         log_global_masked_mean(self, "attention/jsd", per_token_jsd, mask)
         log_global_masked_mean(self, "attention/entropy", attention_entropy(p_theta), mask)
-        ids = visual_token_ids(self.model)
-        if ids:  # image/video placeholder positions; none for text-only models
-            input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-            visual = torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
-            image_mass = (probs * visual[:, None, :].to(probs.dtype)).sum(-1)
-            log_global_masked_mean(self, "attention/image_mass", image_mass, mask)
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        masses = visual_masses(self.model, probs, input_ids)
+        for name, mass in masses.items():  # image / video placeholders; none for text-only models
+            log_global_masked_mean(self, f"attention/{name}", mass, mask)
 
     def _set_model_card_methods(self) -> None:
         """Cite SAYO / attention distillation on the model card when this run uses them."""

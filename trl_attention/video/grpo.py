@@ -1,0 +1,125 @@
+"""Video through GRPOTrainer: generation, TRL's scoring and loss forwards, and the batch buffering.
+
+TRL 1.16 knows `image` / `images` columns only: a `video` column would reach the model as one unexpanded
+`<|video_pad|>` and no pixels. For a batch with a video row, `VideoGRPOMixin` takes the visual columns out of the
+rows TRL sees and owns them:
+- `_tokenize_prompts` returns the expanded prompt ids and the generation fields (`pixel_values[_videos]`,
+  `*_grid_thw`, `second_per_grid_ts`, `mm_token_type_ids`), so `generate` sees every frame with M-RoPE's temporal
+  positions;
+- the rows' visual tensors travel in the batch as `visual_inputs` (one dict per row): TRL's shuffle and split keep
+  lists aligned with their rows;
+- `_get_per_token_logps_and_entropies` hands each chunk's tensors (and `mm_token_type_ids` rebuilt from its ids)
+  to the model through a forward pre-hook, so TRL's own forward runs unchanged.
+Batches without a video row take TRL's path untouched."""
+
+from __future__ import annotations
+
+import torch
+
+from ..capture.models import unwrap_model
+from .arguments import video_arguments
+from .encode import merge_visuals, tokenize_visual_prompts
+from .rows import VIDEO_COLUMNS, VISUAL_COLUMNS, VideoError, check_video_dataset, encode_row
+
+__all__ = ["VideoGRPOMixin", "mm_token_type_ids", "visual_forward_kwargs"]
+
+
+def mm_token_type_ids(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """1 on image placeholders, 2 on video placeholders, 0 elsewhere (what Qwen-VL's M-RoPE reads)."""
+    config = unwrap_model(model).config
+    types = torch.zeros_like(input_ids)
+    types[input_ids == config.image_token_id] = 1
+    types[input_ids == config.video_token_id] = 2
+    return types
+
+
+def visual_forward_kwargs(model, visuals, input_ids: torch.Tensor) -> dict:
+    """The model inputs of rows `visuals` (their tensors concatenated) for a forward over `input_ids`."""
+    if len(visuals) != input_ids.size(0):
+        raise RuntimeError(f"{len(visuals)} rows of visual inputs for a forward over {input_ids.size(0)} rows")
+    kwargs = {k: v.to(input_ids.device) for k, v in merge_visuals(visuals).items()}
+    kwargs["mm_token_type_ids"] = mm_token_type_ids(model, input_ids)
+    return kwargs
+
+
+class VideoGRPOMixin:
+    """Mix into a GRPOTrainer subclass, right before GRPOTrainer; call `_init_video()` after its `__init__`."""
+
+    def _init_video(self, train_dataset=None, eval_dataset=None) -> None:
+        self.video_args = video_arguments(self.args)
+        self._batch_visuals = None  # the rows of the generation batch in flight
+        self._forward_visuals = None  # the rows of the loss batch in flight
+        datasets = [("train_dataset", train_dataset)]
+        if isinstance(eval_dataset, dict):
+            datasets += [(f"eval_dataset[{k!r}]", v) for k, v in eval_dataset.items()]
+        else:
+            datasets.append(("eval_dataset", eval_dataset))
+        self._has_video = any(
+            check_video_dataset(d, self.model, self.processing_class, self.video_args, name)
+            for name, d in datasets
+            if d
+        )
+        if self._has_video and (self.use_vllm or self.tools or self.environment_factories):
+            raise VideoError(
+                "video rows are generated with transformers' generate: use_vllm, tools and environments are not "
+                "supported with them yet"
+            )
+
+    def _generate_and_score_completions(self, inputs):
+        if not self._has_video or not any(row.get(c) is not None for row in inputs for c in VIDEO_COLUMNS):
+            return super()._generate_and_score_completions(inputs)
+        cache: dict = {}
+        visuals = [encode_row(i, row, self.processing_class, self.video_args, cache) for i, row in enumerate(inputs)]
+        stripped = [{k: v for k, v in row.items() if k not in VISUAL_COLUMNS} for row in inputs]
+        self._batch_visuals = self._forward_visuals = visuals
+        try:
+            output = super()._generate_and_score_completions(stripped)
+        finally:
+            self._batch_visuals = self._forward_visuals = None
+        output["visual_inputs"] = visuals
+        return output
+
+    def _tokenize_prompts(self, prompts):
+        if self._batch_visuals is None:
+            return super()._tokenize_prompts(prompts)
+        tokenizer = self.processing_class.tokenizer
+        config = unwrap_model(self.model).config
+        image_token, video_token = tokenizer.convert_ids_to_tokens([config.image_token_id, config.video_token_id])
+        template = {"chat_template": self.chat_template, **(self.chat_template_kwargs or {})}
+        prompt_ids, fields = tokenize_visual_prompts(
+            self.processing_class, prompts, self._batch_visuals, image_token, video_token, template
+        )
+        return prompt_ids, None, fields
+
+    def _compute_loss(self, model, inputs):
+        if inputs.get("visual_inputs") is None:
+            return super()._compute_loss(model, inputs)
+        self._forward_visuals = inputs["visual_inputs"]
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._forward_visuals = None
+
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, *args, visual_inputs=None, **kwargs
+    ):
+        visuals = visual_inputs if visual_inputs is not None else self._forward_visuals
+        if visuals is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, *args, **kwargs
+            )
+        step = batch_size or input_ids.size(0)
+        chunks = iter([visuals[s : s + step] for s in range(0, input_ids.size(0), step)])
+
+        def add_visuals(module, args_, kwargs_):  # TRL calls model(**inputs): one call per chunk, in order
+            ids = kwargs_["input_ids"]
+            kwargs_.update(visual_forward_kwargs(module, next(chunks), ids))
+            return args_, kwargs_
+
+        handle = unwrap_model(model).register_forward_pre_hook(add_visuals, with_kwargs=True)
+        try:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, *args, **kwargs
+            )
+        finally:
+            handle.remove()

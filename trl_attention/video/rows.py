@@ -1,0 +1,167 @@
+"""The visual inputs of a dataset row and the checks that run before training starts.
+
+A row carries images (`image`, or `images`: a list) and videos (`video`, or `videos`: a list); each video is a list
+of frames or a file path, optionally with the row's `video_fps` (the rate of its frames). Its prompt holds one
+`{"type": "image"}` / `{"type": "video"}` part per image / video, in order. Rows mixing both and batches mixing
+image rows and video rows are fine (Video-R1 mixes them)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .encode import encode_video, vision_geometry
+from .frames import frame_count, load_video, sample_frame_indices
+
+__all__ = ["VIDEO_COLUMNS", "VISUAL_COLUMNS", "VideoError", "check_video_dataset", "encode_row", "row_visuals"]
+
+VIDEO_COLUMNS = ("video", "videos")
+VISUAL_COLUMNS = ("image", "images", "video", "videos")
+# model_type -> why its videos are not taken (their processors insert per-frame timestamps or other layouts).
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+class VideoError(ValueError):
+    """A video row, model or processor the video path cannot take; the message names the row or module."""
+
+
+def row_visuals(row) -> tuple[list, list]:
+    """(images, videos) of a row, each a list (empty when absent)."""
+    images = row.get("images")
+    images = list(images) if images is not None else ([row["image"]] if row.get("image") is not None else [])
+    videos = row.get("videos")
+    videos = list(videos) if videos is not None else ([row["video"]] if row.get("video") is not None else [])
+    return images, videos
+
+
+def _count_parts(prompt, kind: str) -> int:
+    if not isinstance(prompt, list):
+        return 0
+    return sum(
+        1
+        for message in prompt
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") == kind
+    )
+
+
+def check_video_model(model, processing_class) -> None:
+    """Refuse a model or processor the video path cannot feed, naming it."""
+    from ..capture.models import unwrap_model
+
+    config = unwrap_model(model).config
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES or getattr(config, "video_token_id", None) is None:
+        raise VideoError(
+            f"the dataset has video rows but the model is {type(unwrap_model(model)).__name__} "
+            f"(model_type={model_type!r}): the video path feeds Qwen2-VL / Qwen2.5-VL (the RAL paper's model), "
+            "whose video tokens are grid.prod()/merge**2 <|video_pad|> per clip. Qwen3-VL and Qwen3.5 interleave "
+            "per-frame timestamps in the prompt and are not supported for video yet; drop the video rows or use "
+            "a Qwen2.5-VL checkpoint"
+        )
+    try:
+        vision_geometry(processing_class)
+    except ValueError as err:
+        raise VideoError(str(err)) from err
+
+
+def _undecoded(dataset):
+    """The dataset with image features left as bytes/paths: the checks read counts and paths, not pixels."""
+    from datasets import Image, List, Sequence
+
+    features = getattr(dataset, "features", None) or {}
+    for name in VISUAL_COLUMNS:
+        feature = features.get(name)
+        if isinstance(feature, Image):
+            dataset = dataset.cast_column(name, Image(decode=False))
+        elif isinstance(feature, (List, Sequence)) and isinstance(getattr(feature, "feature", None), Image):
+            dataset = dataset.cast_column(name, type(feature)(Image(decode=False)))
+        elif isinstance(feature, (List, Sequence)) and isinstance(getattr(feature, "feature", None), (List, Sequence)):
+            inner = feature.feature
+            if isinstance(getattr(inner, "feature", None), Image):
+                dataset = dataset.cast_column(name, type(feature)(type(inner)(Image(decode=False))))
+    return dataset
+
+
+def _check_video(i: int, video, args, fps) -> None:
+    if isinstance(video, (str, os.PathLike)):
+        if not Path(video).is_file():
+            raise VideoError(f"row {i}: video file {os.fspath(video)!r} does not exist")
+        try:
+            total = frame_count(video)
+        except ImportError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any decoder failure is reported with the row
+            raise VideoError(f"row {i}: video file {os.fspath(video)!r} cannot be decoded: {err}") from err
+        native_fps = args.video_fps
+    elif isinstance(video, (list, tuple)):
+        if not video:
+            raise VideoError(f"row {i}: its video has no frames")
+        total, native_fps = len(video), float(fps or args.video_fps)
+    else:
+        raise VideoError(
+            f"row {i}: a video must be a list of frames (PIL images or HxWx3 arrays) or a file path, "
+            f"got {type(video).__name__}"
+        )
+    try:
+        sample_frame_indices(total, native_fps, args)
+    except ValueError as err:
+        raise VideoError(f"row {i}: {err}") from err
+
+
+def check_video_dataset(dataset, model, processing_class, args, name: str = "train_dataset") -> bool:
+    """Whether `dataset` has video rows; raises VideoError naming the first row, model or processor that cannot
+    train (prompt parts vs videos, missing or undecodable files, too few frames, unsupported model)."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is None or not any(c in columns for c in VIDEO_COLUMNS):
+        return False
+    check_video_model(model, processing_class)
+    rows = _undecoded(dataset)
+    for i in range(len(rows)):
+        row = rows[i]
+        images, videos = row_visuals(row)
+        prompt = row.get("prompt")
+        for kind, items in (("video", videos), ("image", images)):
+            parts = _count_parts(prompt, kind)
+            if parts != len(items):
+                raise VideoError(
+                    f"{name} row {i}: the prompt has {parts} {{'type': '{kind}'}} part(s) but the row has "
+                    f"{len(items)} {kind}(s)"
+                )
+        for video in videos:
+            try:
+                _check_video(i, video, args, row.get("video_fps"))
+            except VideoError as err:
+                raise VideoError(f"{name} {err}") from None
+    return True
+
+
+def encode_row(i: int, row, processing_class, args, cache: dict | None = None) -> dict:
+    """Row i's visual tensors: images through the processor's image processor, videos through `encode_video`.
+    `cache` (per batch) shares the decoding of a file that several rows (a prompt's generations) use."""
+    images, videos = row_visuals(row)
+    out = {"row": i}
+    if images:
+        encoded = processing_class.image_processor(images=images, return_tensors="pt")
+        out["pixel_values"], out["image_grid_thw"] = encoded["pixel_values"], encoded["image_grid_thw"]
+    encoded = []
+    for video in videos:
+        key = os.fspath(video) if isinstance(video, (str, os.PathLike)) else None
+        if cache is not None and key is not None and key in cache:
+            encoded.append(cache[key])
+            continue
+        try:
+            frames, fps = load_video(video, args, row.get("video_fps"))
+        except (ValueError, FileNotFoundError) as err:
+            raise VideoError(f"row {i}: {err}") from err
+        encoded.append(encode_video(frames, fps, processing_class, args))
+        if cache is not None and key is not None:
+            cache[key] = encoded[-1]
+    if encoded:
+        out["video_frames"] = [e["frames"] for e in encoded]  # per video, (T, H, W, 3) uint8 as encoded
+        for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+            out[key] = torch.cat([e[key] for e in encoded])
+    return out
