@@ -116,7 +116,7 @@ class VideoGRPOMixin:
             kwargs_.update(visual_forward_kwargs(module, next(chunks), ids))
             return args_, kwargs_
 
-        handle = unwrap_model(model).register_forward_pre_hook(add_visuals, with_kwargs=True)
+        handle = unwrap_model(model).register_forward_pre_hook(add_visuals, with_kwargs=True, prepend=True)
         try:
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, *args, **kwargs
