@@ -153,13 +153,18 @@ def test_package_batch_keys_travel_with_their_rows(tmp_path, text_dataset):
 
     def with_extras(inputs):  # (B, T, 1) tensors, as old_attention_probs is (B, C, T)
         out = generate(inputs)
-        return {**out, **{key: rows(out) for key in ti.PACKAGE_BATCH_KEYS}}
+        extras = {key: rows(out) for key in ti.PACKAGE_BATCH_KEYS}
+        extras.update({key: list(rows(out)) for key in ti.PACKAGE_LIST_BATCH_KEYS})  # one entry per row
+        return {**out, **extras}
 
     trainer._generate_and_score_completions = with_extras
     trainer.model.train()
     trainer._prepare_inputs([text_dataset[i] for i in range(8)])  # TRL shuffles the rollouts and splits them in 2
     for batch, key in [(batch, key) for batch in trainer._buffered_inputs for key in ti.PACKAGE_BATCH_KEYS]:
         assert torch.equal(batch[key], rows(batch)), f"TRL's buffering no longer keeps {key} with its rows; {SEE}"
+    for batch, key in [(batch, key) for batch in trainer._buffered_inputs for key in ti.PACKAGE_LIST_BATCH_KEYS]:
+        assert isinstance(batch[key], list), f"TRL's buffering turned the per-row list {key} into {type(batch[key])}"
+        assert torch.equal(torch.stack(batch[key]), rows(batch)), f"TRL's buffering misaligns {key}; {SEE}"
 
 
 # -- one VLM rollout through TRL's own `_generate_and_score_completions` -----------------------------------------

@@ -14,7 +14,8 @@ docs/trl-internals.md says where each is used and what to do when a TRL release 
 - batch keys: the multimodal model inputs of TRL's scoring forward (`SCORING_FORWARD_KEYS`), those the teacher
   forward takes as they are (`TEACHER_FORWARD_KEYS`), the keys of TRL's training batch read by the loss terms
   (`LOSS_BATCH_KEYS`, `OPTIONAL_LOSS_BATCH_KEYS`), those only TRL's own loss reads (`TRL_ONLY_LOSS_BATCH_KEYS`),
-  those this package adds, which TRL's buffering must carry along (`PACKAGE_BATCH_KEYS`), the multimodal fields of
+  those this package adds, which TRL's buffering must carry along (`PACKAGE_BATCH_KEYS`, and the per-row lists
+  `PACKAGE_LIST_BATCH_KEYS`), the multimodal fields of
   `_tokenize_prompts` read by the attention rewards (`TOKENIZED_PROMPT_FIELDS`), and the keys of GKD's batches
   (`GKD_BATCH_KEYS`);
 - two pieces of TRL logic that TRL does not expose, restated: when `_generate_and_score_completions` runs the
@@ -23,7 +24,9 @@ docs/trl-internals.md says where each is used and what to do when a TRL release 
 - TRL helpers used as they are, imported from non-public modules (`HELPER_PARAMETERS`): `pad` and
   `disable_dropout_in_model` (`trl.trainer.utils`), `prepare_deepspeed` and `prepare_fsdp` (`trl.models`),
   `GKDConfig`/`GKDTrainer` (`trl.experimental.gkd`) and `GKDTrainer.generalized_jsd_loss` (`generalized_jsd`);
-- behaviours: TRL reaches the overrides through `self`; a rollout calls `_tokenize_prompts`, then the policy's
+- behaviours: TRL reaches the overrides through `self`; rows without `image`/`images` make TRL take its text path
+  (no processor call, no multimodal forward kwargs: the video path feeds the forwards itself); a rollout calls
+  `_tokenize_prompts`, then the policy's
   old-logps forward, then the reference forward, then `_calculate_rewards` (on `reward_funcs` as they are then);
   the loss forward runs the backbone once per `batch_size` chunk, in order, behind TRL's fused LM head; `log()`
   averages `_metrics` and builds the completions table from `_logs` after the callbacks' `on_log`.
@@ -54,6 +57,7 @@ __all__ = [
     "LOSS_TYPES",
     "OPTIONAL_LOSS_BATCH_KEYS",
     "PACKAGE_BATCH_KEYS",
+    "PACKAGE_LIST_BATCH_KEYS",
     "PAPER_KEYS",
     "SCORING_FORWARD_KEYS",
     "TEACHER_FORWARD_KEYS",
@@ -111,6 +115,8 @@ GRPO_ATTRIBUTES = (
     "tools",
     "log_completions",
     "ref_model",
+    "chat_template",
+    "chat_template_kwargs",
 )
 GKD_ATTRIBUTES = ("_metrics", "teacher_model", "generation_config", "generation_kwargs")
 # Class attributes of TRL's trainers that both trainers extend; TRL's `create_model_card` reads them, and these keys
@@ -151,6 +157,9 @@ LOSS_BATCH_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_ma
 OPTIONAL_LOSS_BATCH_KEYS = ("tool_mask", "num_items_in_batch", "old_per_token_logps")
 # Keys this package adds to TRL's batch: TRL's buffering must shuffle and split them with their rows.
 PACKAGE_BATCH_KEYS = ("old_attention_probs",)
+# Keys this package adds as per-row Python lists (video batches' `visual_inputs`, one dict per row): TRL's shuffle
+# permutes lists and its split slices them, keeping each entry with its row.
+PACKAGE_LIST_BATCH_KEYS = ("visual_inputs",)
 # Keys TRL's `_compute_loss` reads that this package passes through untouched (reference, vLLM and IS terms).
 TRL_ONLY_LOSS_BATCH_KEYS = ("ref_per_token_logps", "sampling_per_token_logps", "importance_sampling_ratio")
 # Multimodal fields of `_tokenize_prompts`'s third result that the attention rewards read (when the processor
