@@ -117,6 +117,8 @@ GRPO_ATTRIBUTES = (
     "ref_model",
     "chat_template",
     "chat_template_kwargs",
+    "generation_config",
+    "generation_kwargs",
 )
 GKD_ATTRIBUTES = ("_metrics", "teacher_model", "generation_config", "generation_kwargs")
 # Class attributes of TRL's trainers that both trainers extend; TRL's `create_model_card` reads them, and these keys

@@ -239,3 +239,22 @@ def test_bad_videos_fail_at_construction(tmp_path):
     other, _ = build_tiny_qwen_vl("qwen3_vl")
     with pytest.raises(VideoError, match="model_type='qwen3_vl'.*Qwen2-VL / Qwen2.5-VL"):
         build(good, model=other)
+
+
+def test_video_token_is_suppressed_in_generation_only_for_video_data(tmp_path):
+    """A sampled <|video_pad|> would not match the next forward's video features (TRL suppresses the image token)."""
+    video, _, _ = _recording_trainer(tmp_path, _mixed_rows(1, 1))
+    config = video.model.config
+    assert {config.image_token_id, config.video_token_id} <= set(video.generation_config.suppress_tokens)
+    assert video.generation_kwargs["suppress_tokens"] == video.generation_config.suppress_tokens
+    images, _, _ = _recording_trainer(tmp_path, [r for r in _mixed_rows(2, 0)])
+    assert config.video_token_id not in images.generation_config.suppress_tokens  # TRL's own setting, untouched
+
+
+def test_cost_benchmark_prints_the_ratio(capsys):
+    from benchmarks.video_cost import main
+
+    main(["--frames", "4", "--repeats", "1", "--new_tokens", "2"])
+    out = capsys.readouterr().out
+    assert " image:   16 visual tokens" in out and " video:   32 visual tokens" in out  # 4 frames = 2 token grids
+    assert "video/image step time:" in out

@@ -59,11 +59,25 @@ class VideoGRPOMixin:
             for name, d in datasets
             if d
         )
+        if self._has_video:
+            self._suppress_video_token()
         if self._has_video and (self.use_vllm or self.tools or self.environment_factories):
             raise VideoError(
                 "video rows are generated with transformers' generate: use_vllm, tools and environments are not "
                 "supported with them yet"
             )
+
+    def _suppress_video_token(self) -> None:
+        """A sampled <|video_pad|> would not match the video features of the next forward (TRL suppresses the
+        image token the same way); kept when the user's generation_kwargs set suppress_tokens themselves."""
+        if "suppress_tokens" in (getattr(self.args, "generation_kwargs", None) or {}):
+            return
+        video_id = unwrap_model(self.model).config.video_token_id
+        tokens = list(self.generation_config.suppress_tokens or [])
+        if video_id not in tokens:
+            tokens.append(video_id)
+        self.generation_config.suppress_tokens = tokens
+        self.generation_kwargs["suppress_tokens"] = tokens
 
     def _generate_and_score_completions(self, inputs):
         if not self._has_video or not any(row.get(c) is not None for row in inputs for c in VIDEO_COLUMNS):

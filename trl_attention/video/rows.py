@@ -113,16 +113,21 @@ def _check_video(i: int, video, args, fps) -> None:
 
 
 def check_video_dataset(dataset, model, processing_class, args, name: str = "train_dataset") -> bool:
-    """Whether `dataset` has video rows; raises VideoError naming the first row, model or processor that cannot
+    """Whether `dataset` has a video row (a `video` column of Nones has none); raises VideoError naming the first row, model or processor that cannot
     train (prompt parts vs videos, missing or undecodable files, too few frames, unsupported model)."""
     columns = getattr(dataset, "column_names", None)
     if columns is None or not any(c in columns for c in VIDEO_COLUMNS):
         return False
-    check_video_model(model, processing_class)
     rows = _undecoded(dataset)
+    found = False
     for i in range(len(rows)):
         row = rows[i]
         images, videos = row_visuals(row)
+        if videos and not found:
+            check_video_model(model, processing_class)
+            found = True
+        if not found and not videos:
+            continue
         prompt = row.get("prompt")
         for kind, items in (("video", videos), ("image", images)):
             parts = _count_parts(prompt, kind)
@@ -136,7 +141,7 @@ def check_video_dataset(dataset, model, processing_class, args, name: str = "tra
                 _check_video(i, video, args, row.get("video_fps"))
             except VideoError as err:
                 raise VideoError(f"{name} {err}") from None
-    return True
+    return found
 
 
 def encode_row(i: int, row, processing_class, args, cache: dict | None = None) -> dict:
