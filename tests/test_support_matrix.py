@@ -22,7 +22,7 @@ from trl_attention.tiny.families import (
 )
 
 PAGE = ROOT / "docs" / "support-matrix.md"
-FEATURES = ["capture", "RAL", "SAYO", "GKD", "VRGA", "heatmap"]
+FEATURES = ["capture", "RAL", "SAYO", "GKD", "VRGA", "heatmap", "video"]
 NOTES = {
     "gemma3": "fixed grid: `mm_tokens_per_image` pooled tokens per image",
     "llava": "fixed grid: (image_size / patch_size)^2 patch tokens",
@@ -30,6 +30,7 @@ NOTES = {
     "idefics3": "tiles (image splitting) of `image_seq_length` tokens each",
     "smolvlm": "tiles (image splitting) of `image_seq_length` tokens each",
     "qwen3_5_vl": "dynamic grid: `image_grid_thw` / `spatial_merge_size`",
+    "qwen2_5_vl": "dynamic grid; video: grid.prod() / merge^2 tokens per clip, M-RoPE temporal positions",
 }
 
 
@@ -115,6 +116,31 @@ def _vrga_cell(model):
     return "untested"
 
 
+def _video_cell(model, processing_class, tmp_path):
+    """One RAL step on moving-shape clips, or the VideoError naming the model at construction."""
+    from trl_attention.tiny.video_data import make_motion_dataset
+    from trl_attention.video import VideoError
+
+    args = trainer_args(
+        AttentionGRPOConfig, tmp_path, max_steps=1, per_device_train_batch_size=2, num_generations=2,
+        max_completion_length=4, num_iterations=2, video_nframes=4, video_min_pixels=56 * 56,
+        video_max_pixels=112 * 112,
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = AttentionGRPOTrainer(
+                model=model, reward_funcs=length_reward, args=args, train_dataset=make_motion_dataset(2, frames=4),
+                processing_class=processing_class,
+            )
+    except VideoError as error:
+        assert "model_type=" in str(error), error
+        return "clear error"
+    trainer.train()
+    assert 0 < trainer.state.log_history[0]["attention/video_mass"] <= 1
+    return "supported"
+
+
 def compute_matrix(tmp_path) -> dict:
     rows = {}
     for name in available_families():
@@ -130,7 +156,13 @@ def compute_matrix(tmp_path) -> dict:
         if not text:
             cells["VRGA"] = _vrga_cell(model)
             cells["SAYO"] = _sayo_cell(copy.deepcopy(model), tokenizer, tmp_path / f"{name}_sayo")
+        cells["video"] = "n/a (text)" if text else _video_cell(copy.deepcopy(model), tokenizer, tmp_path / f"{name}_v")
         rows[name] = cells
+    from trl_attention.tiny import build_tiny_vlm
+
+    model, processor = build_tiny_vlm()  # the project's own tiny Qwen2.5-VL: the other cells are the suite's
+    rows["qwen2_5_vl"] = {f: "supported" for f in FEATURES}
+    rows["qwen2_5_vl"]["video"] = _video_cell(model, processor, tmp_path / "qwen2_5_vl_v")
     return rows
 
 
@@ -148,7 +180,8 @@ def render(rows: dict) -> str:
         "option (SAYO: a `ValueError` naming the missing `image_grid_thw`), raised at construction (RAL, SAYO, GKD) or "
         "on entry (capture, VRGA). **untested**: not run here. "
         "With `attn_coef=0` (no attention term or reward) every family trains as `trl.GRPOTrainer` does "
-        "(tests/ral/test_any_model.py).",
+        "(tests/ral/test_any_model.py). **video**: one RAL step on synthetic moving-shape clips (logging "
+        "`attention/video_mass`), or the `VideoError` naming the model type at construction.",
         "",
         "| family | layers | " + " | ".join(FEATURES) + " | visual layout |",
         "|---|---|" + "---|" * len(FEATURES) + "---|",
@@ -159,8 +192,9 @@ def render(rows: dict) -> str:
         lines.append(f"| {name} | {layers} | " + " | ".join(cells[f] for f in FEATURES) + f" | {note} |")
     lines += [
         "",
-        "Families of `trl_attention.tiny.families` this transformers version lacks are left out. Qwen2 / Qwen2.5-VL "
-        "(the project's own tiny models) are covered by the rest of the test suite. SAYO boxes and heatmaps need "
+        "Families of `trl_attention.tiny.families` this transformers version lacks are left out. The qwen2_5_vl row "
+        "is the project's own tiny Qwen2.5-VL: its video cell is computed here, its other cells are the rest of the "
+        "test suite (tests/ral, tests/sayo, tests/distill, tests/vrga, tests/viz, tests/video). SAYO boxes and heatmaps need "
         "the Qwen-style `image_grid_thw`: SAYO refuses the other layouts at construction; heatmaps are untested there.",
         "",
     ]

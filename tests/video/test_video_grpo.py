@@ -237,7 +237,7 @@ def test_bad_videos_fail_at_construction(tmp_path):
     with pytest.raises(VideoError, match=r"row 0: a video must be a list of frames .* got int"):
         build([{**good[0], "video": 3}, {**good[1], "video": 4}])
     other, _ = build_tiny_qwen_vl("qwen3_vl")
-    with pytest.raises(VideoError, match="model_type='qwen3_vl'.*Qwen2-VL / Qwen2.5-VL"):
+    with pytest.raises(VideoError, match="model_type='qwen3_vl'.*the video path feeds Qwen2.5-VL"):
         build(good, model=other)
 
 

@@ -19,8 +19,9 @@ __all__ = ["VIDEO_COLUMNS", "VISUAL_COLUMNS", "VideoError", "check_video_dataset
 
 VIDEO_COLUMNS = ("video", "videos")
 VISUAL_COLUMNS = ("image", "images", "video", "videos")
-# model_type -> why its videos are not taken (their processors insert per-frame timestamps or other layouts).
-SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+# Tested end to end: Qwen2.5-VL (the RAL paper's model). Qwen2-VL shares the token layout but its forward takes no
+# `second_per_grid_ts`; it stays out until a test covers it.
+SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
 
 
 class VideoError(ValueError):
@@ -57,10 +58,10 @@ def check_video_model(model, processing_class) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES or getattr(config, "video_token_id", None) is None:
         raise VideoError(
             f"the dataset has video rows but the model is {type(unwrap_model(model)).__name__} "
-            f"(model_type={model_type!r}): the video path feeds Qwen2-VL / Qwen2.5-VL (the RAL paper's model), "
-            "whose video tokens are grid.prod()/merge**2 <|video_pad|> per clip. Qwen3-VL and Qwen3.5 interleave "
-            "per-frame timestamps in the prompt and are not supported for video yet; drop the video rows or use "
-            "a Qwen2.5-VL checkpoint"
+            f"(model_type={model_type!r}): the video path feeds Qwen2.5-VL (the RAL paper's model), whose video "
+            "tokens are grid.prod()/merge**2 <|video_pad|> per clip with M-RoPE temporal positions. Qwen3-VL and "
+            "Qwen3.5 interleave per-frame timestamps in the prompt, Qwen2-VL is untested: drop the video rows or "
+            "use a Qwen2.5-VL checkpoint"
         )
     try:
         vision_geometry(processing_class)
