@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["LN2", "attention_entropy", "attention_policy", "jsd"]
+__all__ = ["DIVERGENCES", "LN2", "attention_divergence", "attention_entropy", "attention_policy", "jsd", "kl"]
 
 LN2 = math.log(2.0)
 
@@ -71,3 +71,30 @@ def jsd(p: torch.Tensor, q: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def attention_entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Shannon entropy (nats) of attention distributions, 0 log 0 = 0."""
     return -torch.xlogy(p, p).sum(dim)
+
+
+def kl(p: torch.Tensor, q: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """KL(p || q) in nats, 0 log 0 = 0, in fp32 (fp64 stays fp64). Where q underflowed to 0 under p > 0, q is
+    taken as 1e-30 (a large finite value, not inf): attention rows of one model under two parameter sets share
+    their support, so this only guards rounding."""
+    if p.shape != q.shape:
+        raise ValueError(f"kl needs equal shapes, got {tuple(p.shape)} and {tuple(q.shape)}")
+    acc = torch.float64 if torch.float64 in (p.dtype, q.dtype) else torch.float32
+    p, q = p.to(acc).movedim(dim, -1), q.to(acc).movedim(dim, -1)
+    support = p > 0  # where(): entries with p == 0 add 0 and get a 0 gradient (d/dp p log p is -inf at 0)
+    safe_p = torch.where(support, p, torch.ones_like(p))
+    terms = torch.where(support, p * (torch.log(safe_p) - torch.log(q.clamp_min(1e-30))), torch.zeros_like(p))
+    return terms.sum(-1).clamp_min(0.0)
+
+
+# name -> (p_theta, p_old) -> per-row divergence; `attn_divergence` of RALArguments.
+DIVERGENCES = {
+    "jsd": lambda p_theta, p_old: jsd(p_theta, p_old),
+    "kl": lambda p_theta, p_old: kl(p_old, p_theta),
+    "reverse_kl": lambda p_theta, p_old: kl(p_theta, p_old),
+}
+
+
+def attention_divergence(name: str, p_theta: torch.Tensor, p_old: torch.Tensor) -> torch.Tensor:
+    """The per-row divergence `name` of DIVERGENCES between the attention policies."""
+    return DIVERGENCES[name](p_theta, p_old)

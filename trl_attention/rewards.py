@@ -1,7 +1,8 @@
 """Rule-based text rewards shared by the recipes, the CLI (`--rewards` names) and the demo.
 
 Completions come in either TRL format (a string, or a conversation ending in the assistant message);
-`completion_text` reads both. SAYO's attention reward and its format reward live in `trl_attention.sayo`.
+`completion_text` reads both. SAYO's attention reward and its format reward live in `trl_attention.sayo`. `video_r1_accuracy_reward` scores
+Video-R1's five problem types, each by its own rule (docs/video.md#video-r1-records).
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import string
 
 __all__ = [
     "ANSWER_TAG",
+    "PROBLEM_TYPES",
     "accuracy_reward",
     "answer_format_reward",
     "answer_text",
     "char_overlap",
     "completion_text",
     "exact_answer",
+    "edit_distance",
+    "problem_type_name",
     "reasoning_format_reward",
+    "rouge_l_f1",
+    "video_r1_accuracy_reward",
 ]
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -93,6 +99,114 @@ def char_overlap(completions, answer, **kwargs) -> list[float]:
             0, len(target), 0, len(text)
         )
         rewards.append(match.size / max(len(target), 1))
+    return rewards
+
+
+# ------------------------------------------------------------------------------- Video-R1 accuracy, per problem type
+
+PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")  # Video-R1's spellings
+_TYPE_KEYS = {" ".join(t.lower().replace("-", " ").split()): t for t in PROBLEM_TYPES}
+_LETTER_ALONE = re.compile(r"\(?([A-Za-z])\)?\.?")  # "B", "b", "(B)", "B."
+_LETTER_LEAD = re.compile(r"\(?([A-Z])[.):](?:\s|$)")  # "B. a cat", "B) a cat", "(B) a cat"
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def problem_type_name(value) -> str:
+    """Video-R1's spelling of a problem type, given in any case with spaces, '-' or '_'; ValueError otherwise."""
+    key = " ".join(str(value).lower().replace("-", " ").replace("_", " ").split())
+    if key not in _TYPE_KEYS:
+        raise ValueError(f"unknown problem_type {value!r}; expected one of {list(PROBLEM_TYPES)}")
+    return _TYPE_KEYS[key]
+
+
+def edit_distance(a, b) -> int:
+    """Levenshtein distance between two sequences (strings, or lists of words): insertions, deletions and
+    substitutions each cost 1. Two rows of the DP table, O(len(a) * len(b)) time."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def _lcs(a, b) -> int:
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b, 1):
+            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l_f1(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over words (lower case, punctuation dropped): LCS length l, precision l / len(prediction),
+    recall l / len(reference), F1 = 2PR / (P + R). 0.0 when either side has no word."""
+    pred, ref = _normalise(prediction).split(), _normalise(reference).split()
+    common = _lcs(pred, ref)
+    if not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _letter(text: str) -> str | None:
+    text = text.strip()
+    match = _LETTER_ALONE.fullmatch(text) or _LETTER_LEAD.match(text)
+    return match.group(1).upper() if match else None
+
+
+def _number(text: str) -> float | None:
+    text = text.strip().replace(",", "")  # thousands separators: "1,024"
+    if not _NUMBER.fullmatch(text):
+        return None
+    return float(text)
+
+
+def _score(kind: str, pred: str, target: str) -> float:
+    if kind == "multiple choice":
+        letter = _letter(pred)
+        return float(letter is not None and letter == _letter(target))
+    if kind in ("numerical", "regression"):
+        value, truth = _number(pred), _number(target)
+        if value is None or truth is None:
+            return 0.0
+        if kind == "numerical":
+            return float(abs(round(value, 2) - round(truth, 2)) < 1e-9)
+        if truth == 0:
+            return float(value == 0)
+        return min(max(1.0 - abs(value - truth) / abs(truth), 0.0), 1.0)
+    if kind == "OCR":
+        ref, hyp = target.lower().split(), pred.lower().split()
+        if not ref:
+            return float(not hyp)
+        return max(0.0, 1.0 - edit_distance(ref, hyp) / len(ref))
+    return rouge_l_f1(pred, target)  # free-form
+
+
+def video_r1_accuracy_reward(completions, solution, problem_type, **kwargs) -> list[float | None]:
+    """Video-R1's accuracy reward: the completion's last <answer>...</answer> scored against `solution` (tagged or
+    bare) by the row's `problem_type`:
+
+    - multiple choice: 1.0 if the option letter matches ("B", "(B)", "B." or "B. text"; a lone letter in any case);
+    - numerical: 1.0 if both parse as numbers and are equal once rounded to 2 decimals;
+    - regression: 1 - |pred - gt| / |gt| clipped to [0, 1] (gt = 0: 1.0 only for pred = 0);
+    - OCR: 1 - word error rate (word-level edit distance / reference words, case-insensitive), floored at 0;
+    - free-form: ROUGE-L F1 over lower-cased words without punctuation.
+
+    A completion without an answer tag, with an empty one, or with no number where one is needed scores 0.0; a
+    row without a solution gets None (TRL skips it); an unknown problem_type is a ValueError (a dataset bug)."""
+    rewards = []
+    for completion, target, kind in zip(completions, solution, problem_type, strict=True):
+        if target is None:
+            rewards.append(None)
+            continue
+        kind = problem_type_name(kind)
+        tags = ANSWER_TAG.findall(completion_text(completion))
+        pred = tags[-1].strip() if tags else ""
+        rewards.append(_score(kind, pred, answer_text(target)) if pred else 0.0)
     return rewards
 
 

@@ -110,3 +110,70 @@ def test_ral_examples_run_with_tiny(name, suffix, format_reward, tmp_path):
     jsd = [h["attention/jsd"] for h in trainer.state.log_history if "attention/jsd" in h]
     assert len(jsd) == 2 and jsd[0] < 1e-7 and jsd[1] > 0  # the term acts on the reused rollouts
     assert (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, format_reward",
+    [([], "reasoning_format_reward"), (["--ral-zero"], "answer_format_reward")],
+    ids=["ral", "ral-zero"],
+)
+def test_ral_video_example_runs_with_tiny(flags, format_reward, tmp_path):
+    """--tiny writes 6 Video-R1 records (MPEG-4 clips and PNGs) and trains the tiny VLM on them for 2 steps."""
+    from trl_attention.recipes import PROMPT_FORMATS
+
+    example = _load("ral_video_grpo")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = example.main(["--tiny", "--output_dir", str(tmp_path), "--disable_tqdm", "true", *flags])
+    args = trainer.args
+    assert (args.attn_coef, args.num_iterations, args.video_nframes) == (1.0, 2, 4)
+    assert (args.video_min_pixels, args.video_max_pixels, args.reward_weights) == (56 * 56, 112 * 112, [0.9, 0.1, 0.5])
+    names = [f.__name__ for f in trainer.reward_funcs]
+    assert names == ["video_r1_accuracy_reward", format_reward, "answer_overlap"]
+    data = trainer.train_dataset
+    assert len(data) == 6 and set(data["problem_type"]) == {
+        "multiple choice",
+        "numerical",
+        "OCR",
+        "free-form",
+        "regression",
+    }
+    assert sum(v is not None for v in data["video"]) == 3 and all(v.endswith(".mp4") for v in data["video"] if v)
+    suffix = PROMPT_FORMATS["answer" if flags else "reasoning"]
+    assert all(p[0]["content"][-1]["text"].endswith(suffix) for p in data["prompt"])
+    visual = [p.requires_grad for n, p in trainer.model.named_parameters() if ".visual." in f".{n}"]
+    assert visual and not any(visual)  # vision tower frozen, as in the paper
+    logs = [h for h in trainer.state.log_history if "attention/jsd" in h]
+    assert len(logs) == 2 and logs[0]["attention/jsd"] < 1e-7 and logs[1]["attention/jsd"] > 0
+    assert logs[0]["attention/video_mass"] > 0  # the batch carried video rows through generation and the loss
+    assert "rewards/video_r1_accuracy_reward/mean" in trainer.state.log_history[0]
+    assert (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--tiny", "--records", "r.json"], "--records given with --tiny"),
+        (["--use_cpu", "true"], "--records is required"),
+    ],
+)
+def test_ral_video_example_errors(argv, expected, tmp_path):
+    from trl_attention.cli.training import ConfigError
+
+    with pytest.raises(ConfigError, match=expected):
+        _load("ral_video_grpo").parse([*argv, "--output_dir", str(tmp_path)])
+
+
+def test_ral_video_example_recipe(tmp_path):
+    """The paper's settings without --tiny (parsed only: the 7B run cannot happen here)."""
+    script, args, model = _load("ral_video_grpo").parse(
+        ["--records", "r.json", "--output_dir", str(tmp_path), "--use_cpu", "true", "--ral-zero"]
+    )
+    assert (
+        script.ral_zero
+        and script.num_samples == 51_200
+        and model.model_name_or_path.endswith("Qwen2.5-VL-7B-Instruct")
+    )
+    assert (args.num_generations, args.num_iterations, args.attn_coef, args.video_nframes) == (8, 2, 1.0, 16)
+    assert (args.temperature, args.learning_rate, args.beta, args.reward_weights) == (0.9, 1e-5, 0.04, [0.9, 0.1])
+    assert args.freeze_vision_tower

@@ -258,3 +258,42 @@ def test_cost_benchmark_prints_the_ratio(capsys):
     out = capsys.readouterr().out
     assert " image:   16 visual tokens" in out and " video:   32 visual tokens" in out  # 4 frames = 2 token grids
     assert "video/image step time:" in out
+
+
+def test_grpo_teacher_terms_see_the_frames(tmp_path):
+    """The teacher's forward in the GRPO teacher terms gets the rows' video tensors and token types."""
+    teacher, _ = build_tiny_vlm(seed=1)
+    seen = []
+    teacher.register_forward_pre_hook(
+        lambda m, a, k: seen.append({n: v for n, v in k.items() if isinstance(v, torch.Tensor)}), with_kwargs=True
+    )
+    model, processor = build_tiny_vlm(seed=0)
+    args = trainer_args(
+        AttentionGRPOConfig,
+        tmp_path,
+        num_iterations=2,
+        max_steps=1,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=4,
+        video_nframes=4,
+        gkd_coef=0.5,
+        attn_distill_coef=0.5,
+        **SMALL,
+    )
+    trainer = AttentionGRPOTrainer(
+        model=model,
+        reward_funcs=length_reward,
+        args=args,
+        processing_class=processor,
+        teacher_model=teacher,
+        train_dataset=Dataset.from_list(_mixed_rows(0, 1)),
+    )
+    trainer.train()
+    assert seen and all("pixel_values_videos" in k for k in seen)
+    for k in seen:
+        types, ids = k["mm_token_type_ids"], k["input_ids"]
+        assert torch.equal(types == 2, ids == model.config.video_token_id)
+        assert int(k["video_grid_thw"].prod(-1).sum()) // 4 == int((ids == model.config.video_token_id).sum())
+    logged = trainer.state.log_history[0]
+    assert np.isfinite(logged["attention/distill_jsd"]) and np.isfinite(logged["distill/gkd_jsd"])

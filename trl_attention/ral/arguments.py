@@ -27,6 +27,21 @@ class RALArguments:
             "layer index. Not looked up when attn_coef=0 and no attention term or reward is used."
         },
     )
+    attn_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Several attention layers for RAL's term (one of the paper's open questions): the divergence is "
+            "averaged over these layers (indexed like attn_layer). None = attn_layer alone, the paper's final-layer "
+            "choice. Attention rewards, metrics and distillation keep attn_layer."
+        },
+    )
+    attn_divergence: str = field(
+        default="jsd",
+        metadata={
+            "help": "Divergence between p_theta and p_old in RAL's term: 'jsd' (the paper, bounded by ln 2), 'kl' = "
+            "KL(p_old || p_theta) (TRPO's direction), 'reverse_kl' = KL(p_theta || p_old)."
+        },
+    )
     freeze_vision_tower: bool = field(
         default=False,
         metadata={
@@ -36,5 +51,14 @@ class RALArguments:
 
     def __post_init__(self):
         check_weight(self, "attn_coef")
+        from ..losses import DIVERGENCES
+
+        if self.attn_divergence not in DIVERGENCES:
+            raise ValueError(f"attn_divergence must be one of {sorted(DIVERGENCES)}, got {self.attn_divergence!r}")
+        if self.attn_layers is not None:
+            layers = [int(layer) for layer in self.attn_layers]
+            if not layers or len(set(layers)) != len(layers):
+                raise ValueError(f"attn_layers must be distinct layer indices (or None), got {self.attn_layers!r}")
+            self.attn_layers = layers
         _parent_post_init(self, RALArguments)  # GRPOConfig's checks, when mixed into it
         check_capture_checkpointing(self)

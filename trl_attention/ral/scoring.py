@@ -10,20 +10,32 @@ one with its adapter disabled).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..capture import capture_attention
 from ..trl_internals import SCORING_FORWARD_KEYS, scores_old_logps
 
-__all__ = ["ScoringCaptureMixin"]
+__all__ = ["ScoringCaptureMixin", "old_attention"]
+
+
+def old_attention(caps: dict, layers: list[int]) -> torch.Tensor:
+    """(B, C, T) for one RAL layer (the paper's case), (B, L, C, T) for `attn_layers` (in their order)."""
+    if len(layers) == 1:
+        return caps[layers[0]].probs
+    return torch.stack([caps[layer].probs for layer in layers], dim=1)
 
 
 class ScoringCaptureMixin:
     """Mix into a GRPOTrainer subclass before it; call `_init_scoring_capture(...)` in `__init__`."""
 
-    def _init_scoring_capture(self, layer: int, needs_old_attention: bool, for_rewards: bool) -> None:
-        """`needs_old_attention`: keep p_old for RAL; `for_rewards`: rewards read the capture (with entropies)."""
+    def _init_scoring_capture(self, layer: int, needs_old_attention: bool, for_rewards: bool, old_layers=None) -> None:
+        """`needs_old_attention`: keep p_old for RAL (of `old_layers`, default [layer]); `for_rewards`: rewards
+        read the capture of `layer` (with entropies)."""
         self._scoring_layer = layer
+        self._old_layers = list(old_layers) if old_layers else [layer]
+        self._scoring_layers = list(dict.fromkeys([layer, *self._old_layers]))
         self._needs_old_attention = needs_old_attention
         self._scoring_for_rewards = for_rewards
         self._scoring_pending = False
@@ -39,12 +51,17 @@ class ScoringCaptureMixin:
         self._scoring_pending = False  # only the first scoring forward is the rollout policy's
         if self._scoring_for_rewards:
             kwargs["compute_entropy"] = True  # TRL ignores them for old logps; rewards select tokens by entropy
-        with capture_attention(model, num_rows=logits_to_keep, layer=self._scoring_layer) as cap:
+        with contextlib.ExitStack() as stack:
+            caps = {
+                layer: stack.enter_context(capture_attention(model, num_rows=logits_to_keep, layer=layer))
+                for layer in self._scoring_layers
+            }
             result = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
         self._scoring = {
-            "probs": cap.probs,
+            "probs": caps[self._scoring_layer].probs,
+            "old_probs": old_attention(caps, self._old_layers),
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "rows": logits_to_keep,
@@ -74,7 +91,7 @@ class ScoringCaptureMixin:
                     output["completion_mask"],
                     {key: output.get(key) for key in (*SCORING_FORWARD_KEYS, "visual_inputs")},
                 )
-            output["old_attention_probs"] = scoring["probs"]
+            output["old_attention_probs"] = scoring["old_probs"]
         return output
 
     @torch.no_grad()

@@ -26,7 +26,7 @@ from ..capture.models import resolve_attention_layer, visual_masses
 from ..distill.grpo_term import GRPOTeacherMixin
 from ..distill.losses import backbone_hidden_states
 from ..distributed import DistributedChecksCallback, check_capture_supported, freeze_vision_tower
-from ..losses import attention_entropy, attention_policy, jsd
+from ..losses import attention_divergence, attention_entropy, attention_policy
 from ..papers import model_card_paper
 from ..sayo.attention import RewardAttentionMixin
 from ..trl_internals import aggregate_like_trl, log_global_masked_mean, loss_mask, reuses_rollouts
@@ -73,6 +73,8 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
             freeze_vision_tower(self.model)
         self.attn_coef = float(getattr(self.args, "attn_coef", AttentionGRPOConfig.attn_coef))
         self.attn_layer = int(getattr(self.args, "attn_layer", AttentionGRPOConfig.attn_layer))
+        self.attn_layers = list(getattr(self.args, "attn_layers", None) or [self.attn_layer])  # RAL's term
+        self.attn_divergence = getattr(self.args, "attn_divergence", "jsd")
         # The policy is captured only for RAL's term, an attention reward or attention distillation: otherwise no
         # decoder layer is looked up (plain GRPO on any model GRPOTrainer trains, hybrids included).
         rewards_attention = any(getattr(func, "requires_attention", False) for func in self.reward_funcs)
@@ -80,10 +82,14 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
         if self.attn_coef != 0 or rewards_attention:  # unsupported model / option: fail now, not at step 1
             check_capture_supported(self.model, self.attn_layer, "attn_layer")
             self.attn_model_layer = resolve_attention_layer(self.model, self.attn_layer, "attn_layer")[1]
+            for layer in self.attn_layers if self.attn_coef != 0 else []:
+                resolve_attention_layer(self.model, layer, "attn_layers")  # out of range: fail now
         self._init_teacher(teacher_model)
         self.add_callback(DistributedChecksCallback(self))  # batch sizes, ZeRO-3 gathering, teacher size at train()
         self._init_reward_attention()
-        self._init_scoring_capture(self.attn_layer, self.attn_coef != 0, bool(self._attention_reward_indices))
+        self._init_scoring_capture(
+            self.attn_layer, self.attn_coef != 0, bool(self._attention_reward_indices), self.attn_layers
+        )
         self._set_model_card_methods()
         if self.attn_coef != 0:
             if not reuses_rollouts(self):
@@ -110,40 +116,49 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
 
     # -- p_theta: captured inside TRL's loss forward ------------------------------------------------------------
     def _compute_loss(self, model, inputs):
-        capture = self.attn_coef != 0 or (self.teacher_model is not None and self.attn_distill_coef != 0)
-        if not capture and self.teacher_model is None:
+        distill = self.teacher_model is not None and self.attn_distill_coef != 0
+        layers = [*(self.attn_layers if self.attn_coef != 0 else []), *([self.attn_layer] if distill else [])]
+        if not layers and self.teacher_model is None:
             return super()._compute_loss(model, inputs)
         rows = inputs["completion_ids"].size(1)
         with contextlib.ExitStack() as stack:
-            cap = (
-                stack.enter_context(capture_attention(model, num_rows=rows, layer=self.attn_layer))
-                if capture
-                else None
-            )
+            caps = {
+                layer: stack.enter_context(capture_attention(model, num_rows=rows, layer=layer))
+                for layer in dict.fromkeys(layers)
+            }
             hidden = (
                 stack.enter_context(backbone_hidden_states(model)) if self.gkd_coef and self.teacher_model else None
             )
             loss = super()._compute_loss(model, inputs)
         if self.teacher_model is not None:
-            loss = loss + self._teacher_loss(inputs, None if cap is None else cap.probs, hidden).to(loss.dtype)
+            student = caps[self.attn_layer].probs if distill else None
+            loss = loss + self._teacher_loss(inputs, student, hidden).to(loss.dtype)
         if self.attn_coef == 0:
             return loss
-        probs = cap.probs
-        p_theta = attention_policy(probs)
+        probs = [caps[layer].probs for layer in self.attn_layers]
         old = inputs.get("old_attention_probs")
-        if old is not None and old.shape != probs.shape:
-            raise RuntimeError(f"old_attention_probs has shape {tuple(old.shape)}, expected {tuple(probs.shape)}")
-        p_old = p_theta.detach() if old is None else attention_policy(old.to(probs.device))
-        per_token_jsd = jsd(p_theta, p_old)  # (B, C)
+        if old is not None:
+            old = old.to(probs[0].device)
+            old = [old] if old.dim() == 3 else list(old.unbind(1))
+            if len(old) != len(probs) or old[0].shape != probs[0].shape:
+                shape = (len(old), *old[0].shape)
+                raise RuntimeError(
+                    f"old_attention_probs holds {shape}, expected {len(probs)} x {tuple(probs[0].shape)}"
+                )
+        p_theta = [attention_policy(p) for p in probs]
+        p_old = [p.detach() for p in p_theta] if old is None else [attention_policy(p) for p in old]
+        per_token = torch.stack(  # (B, C): the divergence averaged over the RAL layers
+            [attention_divergence(self.attn_divergence, pt, po) for pt, po in zip(p_theta, p_old)]
+        ).mean(0)
         advantages = inputs["advantages"]
         advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
-        mask = loss_mask(inputs).to(per_token_jsd.dtype)
-        attn_loss = aggregate_like_trl(self, advantages * per_token_jsd, mask, inputs)
-        self._log_attention_metrics(inputs, probs.detach(), p_theta.detach(), per_token_jsd.detach(), mask)
+        mask = loss_mask(inputs).to(per_token.dtype)
+        attn_loss = aggregate_like_trl(self, advantages * per_token, mask, inputs)
+        self._log_attention_metrics(inputs, probs[0].detach(), p_theta[0].detach(), per_token.detach(), mask)
         return loss + self.attn_coef * attn_loss.to(loss.dtype)
 
     def _log_attention_metrics(self, inputs, probs, p_theta, per_token_jsd, mask):
-        log_global_masked_mean(self, "attention/jsd", per_token_jsd, mask)
+        log_global_masked_mean(self, f"attention/{self.attn_divergence}", per_token_jsd, mask)
         log_global_masked_mean(self, "attention/entropy", attention_entropy(p_theta), mask)
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         masses = visual_masses(self.model, probs, input_ids)

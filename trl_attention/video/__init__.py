@@ -11,6 +11,11 @@ grpo.py        the GRPOTrainer mixin that carries video through generation, scor
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    "VideoR1Error": ".videor1",
+    "convert_video_r1": ".videor1",
+    "load_video_r1": ".videor1",
+    "read_video_r1_records": ".videor1",
+    "write_synthetic_video_r1": ".videor1",
     "VideoArguments": ".arguments",
     "VideoError": ".rows",
     "VideoGRPOMixin": ".grpo",
