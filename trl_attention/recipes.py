@@ -19,6 +19,7 @@ from .rewards import (
     char_overlap,
     exact_answer,
     reasoning_format_reward,
+    video_r1_accuracy_reward,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ REWARDS = {
     "sayo_format": _sayo_format_reward,
     "answer_match": lambda fmt: exact_answer,
     "char_overlap": lambda fmt: char_overlap,
+    "video_r1_accuracy": lambda fmt: video_r1_accuracy_reward,  # Video-R1's problem types (video.md)
 }
 
 
