@@ -297,3 +297,17 @@ def test_grpo_teacher_terms_see_the_frames(tmp_path):
         assert int(k["video_grid_thw"].prod(-1).sum()) // 4 == int((ids == model.config.video_token_id).sum())
     logged = trainer.state.log_history[0]
     assert np.isfinite(logged["attention/distill_jsd"]) and np.isfinite(logged["distill/gkd_jsd"])
+
+
+def test_videos_column_from_a_dataset_trains(tmp_path):
+    """datasets keeps the frames of a `videos` column (lists of lists of images) as {"bytes", "path"} dicts."""
+    rows = [{k: v for k, v in r.items() if k != "video"} for r in _mixed_rows(0, 2)]
+    for r, clip in zip(rows, _mixed_rows(0, 2)[0:2]):
+        r["videos"] = [clip["video"], clip["video"][:4]]
+        r["prompt"] = [{"role": "user", "content": [{"type": "video"}, {"type": "video"}, {"type": "text", "text": "?"}]}]
+    frame = Dataset.from_list(rows)[0]["videos"][0][0]
+    assert isinstance(frame, dict) and frame.get("bytes")  # what the trainer is handed
+    trainer, calls, _ = _recording_trainer(tmp_path, rows)
+    trainer.train()
+    scored = [c for c in calls if "labels" in c]
+    assert scored and all(c["video_grid_thw"].size(0) == 2 * c["input_ids"].size(0) for c in scored)

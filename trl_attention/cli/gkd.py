@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from ..distill.arguments import AttentionDistillArguments
+from ..video.arguments import VideoArguments
 from .data import DataArguments, check_loadable, check_sources
 from .training import ConfigError, TrainingCommand, build_trainer
 
@@ -81,7 +82,7 @@ def build_gkd_trainer(script_args, training_args, model_args):
 COMMAND = TrainingCommand(
     name="gkd",
     script_arguments=GKDScriptArguments,
-    own_arguments=(AttentionDistillArguments,),  # AttentionGKDConfig = GKDConfig + these
+    own_arguments=(AttentionDistillArguments, VideoArguments),  # AttentionGKDConfig = GKDConfig + these
     config=_config,
     build=build_gkd_trainer,
     trl_config="GKDConfig",

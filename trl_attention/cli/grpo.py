@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ..distill.arguments import GRPOTeacherArguments
 from ..ral.arguments import RALArguments
 from ..recipes import REWARDS, resolve_rewards
+from ..video.arguments import VideoArguments
 from .data import DataArguments, check_loadable, check_sources
 from .training import TrainingCommand, build_trainer
 
@@ -69,7 +70,7 @@ def build_grpo_trainer(script_args, training_args, model_args):
 COMMAND = TrainingCommand(
     name="grpo",
     script_arguments=GRPOScriptArguments,
-    own_arguments=(RALArguments, GRPOTeacherArguments),  # AttentionGRPOConfig = GRPOConfig + these
+    own_arguments=(RALArguments, GRPOTeacherArguments, VideoArguments),  # AttentionGRPOConfig = GRPOConfig + these
     config=_config,
     build=build_grpo_trainer,
     trl_config="GRPOConfig",

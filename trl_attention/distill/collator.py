@@ -1,9 +1,14 @@
-"""Batches of conversational image datasets for distillation: [left-padded prompt | right-padded completion].
+"""Batches of conversational image / video datasets for distillation: [left-padded prompt | right-padded completion].
 
 Rows hold either `messages` (the last message is the assistant's completion) or `prompt` + `completion`
-(conversational lists, or a plain string completion), and their images in `images` (a list) or `image` (one).
-The fixed prompt width lets GKD's on-policy generation and the training forward share the image token types:
-`prompt_mm_token_type_ids` covers the prompt, the completion is text.
+(conversational lists, or a plain string completion), their images in `images` (a list) or `image` (one), and their
+videos in `videos` / `video` (frames or file paths; see `trl_attention.video`). The fixed prompt width lets GKD's
+on-policy generation and the training forward share the visual token types: `prompt_mm_token_type_ids` (1 image,
+2 video placeholders) covers the prompt, the completion is text.
+
+Batches without a video go through the processor as before. A batch with a video row is encoded by the video
+package (`encode_row`, `tokenize_visual_prompts`): transformers' video processors need torchvision, and Qwen's
+processors would not expand the placeholders of frames they did not decode.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import torch
 
 from ..sayo.checks import check_aspect_ratio, first_rows, image_processor_of, open_image
 from ..trl_internals import pad
+from ..video.arguments import VideoArguments
+from ..video.encode import tokenize_visual_prompts
+from ..video.rows import VideoError, encode_row, row_visuals
 
 __all__ = ["VisionDistillationCollator", "is_processor", "validate_distillation_dataset"]
 
@@ -39,13 +47,13 @@ def _split(example: dict, where: str) -> tuple[list, list]:
     return prompt, completion
 
 
-def _count_image_slots(messages: list) -> int:
+def _count_slots(messages: list, kind: str = "image") -> int:
     return sum(
         1
         for message in messages
         if isinstance(message.get("content"), list)
         for part in message["content"]
-        if isinstance(part, dict) and part.get("type") == "image"
+        if isinstance(part, dict) and part.get("type") == kind
     )
 
 
@@ -68,6 +76,20 @@ def _check_images(example: dict, where: str, image_processor) -> list:
         check_aspect_ratio(opened.size, name, image_processor)
         checked.append(opened)
     return checked
+
+
+def _videos(example: dict, where: str) -> list:
+    """The row's videos, frames given as {"bytes", "path"} dicts opened: `datasets` stores a `videos` column (lists
+    of frame lists) that way, as it does not infer nested Image features."""
+    return [
+        [
+            open_image(f, f"{where}, video {v}, frame {i}", decode=True) if isinstance(f, dict) else f
+            for i, f in enumerate(video)
+        ]
+        if isinstance(video, (list, tuple))
+        else video
+        for v, video in enumerate(row_visuals(example)[1])
+    ]
 
 
 def _where(prefix: str, example: dict, index: int) -> str:
@@ -102,51 +124,86 @@ def validate_distillation_dataset(dataset, processor=None, image_rows: int | Non
 
 @dataclass
 class VisionDistillationCollator:
-    """Tokenise prompts with the processor (images expanded to their placeholder tokens), completions as text."""
+    """Tokenise prompts with the processor (images and videos expanded to their placeholder tokens), completions as
+    text. `video_args` sets how videos are sampled and resized; the placeholder tokens default to the processor's
+    (the trainer sets them from the model's config)."""
 
     processor: object
     max_length: int | None = None
+    video_args: VideoArguments | None = None
+    image_token: str | None = None
+    video_token: str | None = None
+
+    def _placeholders(self) -> tuple[str, str]:
+        image = self.image_token or getattr(self.processor, "image_token", None) or "<|image_pad|>"
+        video = self.video_token or getattr(self.processor, "video_token", None) or "<|video_pad|>"
+        return image, video
+
+    def _video_prompts(self, prompts, rows) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Left-padded prompt ids, mask and visual tensors of a batch with a video row (the video package's
+        encoder and placeholder expansion; token types from the ids). `rows`: each row's opened visuals."""
+        args = self.video_args if self.video_args is not None else VideoArguments()
+        cache, visuals = {}, []
+        for index, row in enumerate(rows):
+            try:
+                visuals.append(encode_row(index, row, self.processor, args, cache))
+            except VideoError as err:
+                raise VideoError(f"batch example {str(err).removeprefix('row ')}") from err
+        ids, fields = tokenize_visual_prompts(self.processor, prompts, visuals, *self._placeholders())
+        types = fields.pop("mm_token_type_ids")
+        pad_id = self.processor.tokenizer.pad_token_id
+        prompt_ids = pad([torch.tensor(i) for i in ids], padding_value=pad_id, padding_side="left")
+        prompt_mask = pad([torch.ones(len(i), dtype=torch.long) for i in ids], padding_value=0, padding_side="left")
+        fields["mm_token_type_ids"] = pad([torch.tensor(t) for t in types], padding_value=0, padding_side="left")
+        return prompt_ids, prompt_mask, fields
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        prompt_texts, completion_texts, images = [], [], []
+        prompts, prompt_texts, completion_texts, images, visual_rows = [], [], [], [], []
         image_processor = image_processor_of(self.processor)
         for index, example in enumerate(examples):
             where = _where("batch example", example, index)
             prompt, completion = _split(example, where)
             example_images = _check_images(example, where, image_processor)
-            if _count_image_slots(prompt) != len(example_images):
-                raise ValueError(
-                    f"{where}: the prompt has {_count_image_slots(prompt)} image placeholder(s) but the row carries "
-                    f"{len(example_images)} image(s)"
-                )
+            videos = _videos(example, where)
+            for kind, items in (("image", example_images), ("video", videos)):
+                if _count_slots(prompt, kind) != len(items):
+                    raise ValueError(
+                        f"{where}: the prompt has {_count_slots(prompt, kind)} {kind} placeholder(s) but the row "
+                        f"carries {len(items)} {kind}(s)"
+                    )
             prompt_text = self.processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
             full_text = self.processor.apply_chat_template(prompt + completion, tokenize=False)
             if not full_text.startswith(prompt_text):
                 raise ValueError(f"{where}: the chat template's prompt is not a prefix of the whole conversation")
+            prompts.append(prompt)
             prompt_texts.append(prompt_text)
             completion_texts.append(full_text[len(prompt_text) :])
             images.append(example_images)
-        kwargs = {"images": images} if any(images) else {}
-        batch = self.processor(text=prompt_texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+            visual_rows.append({"images": example_images, "videos": videos, "video_fps": example.get("video_fps")})
+        if any(row["videos"] for row in visual_rows):
+            prompt_ids, prompt_mask, batch = self._video_prompts(prompts, visual_rows)
+        else:
+            kwargs = {"images": images} if any(images) else {}
+            batch = self.processor(text=prompt_texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+            prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
         tokenizer = self.processor.tokenizer
-        prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
         width = prompt_ids.size(1)
         budget = None if self.max_length is None else self.max_length - width
         if budget is not None and budget <= 0:
             raise ValueError(
-                f"prompts of {width} tokens (with image tokens) leave no room within max_length="
+                f"prompts of {width} tokens (with image / video tokens) leave no room within max_length="
                 f"{self.max_length}; raise max_length"
             )
         completions = [
             torch.tensor(ids[:budget] if budget is not None else ids, dtype=torch.long)
             for ids in tokenizer(completion_texts, add_special_tokens=False)["input_ids"]
         ]
-        placeholder = getattr(self.processor, "image_token", None)
-        for index, text in enumerate(completion_texts):
-            if placeholder and placeholder in text:
-                raise ValueError(
-                    f"batch example {index}: the completion contains the image placeholder {placeholder!r}"
-                )
+        for index, text in enumerate(completion_texts):  # a placeholder there would have no features
+            for kind, placeholder in zip(("image", "video"), self._placeholders()):
+                if placeholder in text:
+                    raise ValueError(
+                        f"batch example {index}: the completion contains the {kind} placeholder {placeholder!r}"
+                    )
         completion_ids = pad(completions, padding_value=tokenizer.pad_token_id, padding_side="right")
         completion_mask = pad([torch.ones_like(c) for c in completions], padding_value=0, padding_side="right")
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
@@ -160,7 +217,7 @@ class VisionDistillationCollator:
             "prompts": prompt_ids,
             "prompt_attention_mask": prompt_mask,
         }
-        for key in ("pixel_values", "image_grid_thw"):
+        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
             if key in batch:
                 out[key] = batch[key]
         if "mm_token_type_ids" in batch:

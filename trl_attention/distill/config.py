@@ -1,17 +1,18 @@
-"""`AttentionGKDConfig`: TRL's `GKDConfig` plus the attention-distillation fields."""
+"""`AttentionGKDConfig`: TRL's `GKDConfig` plus the attention-distillation fields and the video options."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..trl_internals import GKDConfig
+from ..video.arguments import VideoArguments
 from .arguments import AttentionDistillArguments
 
 __all__ = ["AttentionGKDConfig"]
 
 
 @dataclass
-class AttentionGKDConfig(AttentionDistillArguments, GKDConfig):
+class AttentionGKDConfig(VideoArguments, AttentionDistillArguments, GKDConfig):
     r"""
     Configuration class for [`AttentionGKDTrainer`]: every [`~trl.experimental.gkd.GKDConfig`] field, plus the
     attention-distillation term.
@@ -28,4 +29,8 @@ class AttentionGKDConfig(AttentionDistillArguments, GKDConfig):
             Teacher decoder layer providing the target attention (-1 = last).
         freeze_vision_tower (`bool`, *optional*, defaults to `False`):
             Freeze the student's vision encoder and projector before the optimizer is built.
+        video_fps, video_nframes, video_min_frames, video_max_frames, video_min_pixels, video_max_pixels,
+        video_total_pixels:
+            How rows' videos are sampled and resized (Qwen's video options; see
+            [`~trl_attention.video.VideoArguments`]).
     """

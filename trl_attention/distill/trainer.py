@@ -9,6 +9,8 @@ the student and teacher forwards GKD already runs (the teacher's under no_grad):
 VLMs: TRL's GKD passes only `input_ids`/`attention_mask` to the models. Here the processor's tensors
 (`pixel_values`, `image_grid_thw`, `mm_token_type_ids`) reach the student and the teacher in the off-policy forward
 and in on-policy generation (`lmbda`), and `VisionDistillationCollator` batches conversational image datasets.
+Video rows (`video` / `videos` columns) add `pixel_values_videos`, `video_grid_thw`, `second_per_grid_ts` and video
+token types (2) to the same inputs; their rows are checked at construction (`trl_attention.video`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import logging
 
 import torch
 
-from ..capture import capture_attention, visual_token_ids
+from ..capture import capture_attention, unwrap_model, visual_token_ids
 from ..distributed import DistributedChecksCallback, freeze_vision_tower
 from ..papers import model_card_paper
 from ..trl_internals import GKDTrainer, log_global_masked_mean
+from ..video.arguments import video_arguments
+from ..video.rows import VideoError, check_video_dataset, check_video_model
 from .collator import VisionDistillationCollator, is_processor, validate_distillation_dataset
 from .config import AttentionGKDConfig
 from .losses import attention_distill_per_token, extra_forward_kwargs
@@ -31,7 +35,7 @@ __all__ = ["AttentionGKDTrainer", "completion_rows"]
 
 logger = logging.getLogger(__name__)
 
-# Batch keys forwarded to the models as they are (the processor's image tensors).
+# Batch keys forwarded to the models as they are (the image and video tensors).
 _PASSTHROUGH_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
@@ -49,7 +53,8 @@ def completion_rows(labels: torch.Tensor) -> tuple[int, torch.Tensor]:
 
 
 class _GenerateWithExtras:
-    """A model whose `generate` also receives the batch's image tensors (GKD generates from `prompts` only)."""
+    """A model whose `generate` also receives the batch's image / video tensors (GKD generates from `prompts`
+    only)."""
 
     def __init__(self, model, extras: dict):
         self._model, self._extras = model, extras
@@ -64,7 +69,8 @@ class AttentionGKDTrainer(GKDTrainer):
 
     Same constructor as GKDTrainer; configure with [`AttentionGKDConfig`] (`attn_distill_coef=0`, `gkd_coef=1` is
     GKD exactly). For VLMs pass the processor as `processing_class`; conversational image datasets (`messages` or
-    `prompt` + `completion`, with `images` or `image`) are batched by `VisionDistillationCollator`.
+    `prompt` + `completion`, with `images` or `image`, videos in `video` or `videos`) are batched by
+    `VisionDistillationCollator`.
 
     Example:
 
@@ -111,7 +117,9 @@ class AttentionGKDTrainer(GKDTrainer):
                 if dataset is not None:
                     validate_distillation_dataset(dataset, processing_class)
             if data_collator is None:
-                data_collator = VisionDistillationCollator(processing_class, max_length=args.max_length)
+                data_collator = VisionDistillationCollator(
+                    processing_class, max_length=args.max_length, video_args=video_arguments(args)
+                )
         if isinstance(teacher_model, str) and vision:  # TRL would load a VLM teacher as a causal LM
             teacher_model = load_teacher(teacher_model, args.teacher_model_init_kwargs, args.trust_remote_code)
             args.teacher_model_init_kwargs = None
@@ -134,6 +142,7 @@ class AttentionGKDTrainer(GKDTrainer):
         finally:
             if lend:
                 del processing_class.pad_token_id
+        self._init_video(eval_dataset)
         if getattr(self.args, "freeze_vision_tower", False):  # the optimizer is built later, in train()
             freeze_vision_tower(self.model)
         self.attn_distill_coef = float(getattr(self.args, "attn_distill_coef", AttentionGKDConfig.attn_distill_coef))
@@ -154,6 +163,31 @@ class AttentionGKDTrainer(GKDTrainer):
             self.teacher_attn_layer,
         )
 
+    def _init_video(self, eval_dataset) -> None:
+        """Check video datasets now, not at step 1: rows (prompt parts, files, frame counts), student, teacher and
+        processor (`VideoError` naming the row or model); point the collator at the model's placeholder tokens."""
+        self.video_args = video_arguments(self.args)
+        datasets = [("train_dataset", self.train_dataset)]
+        if isinstance(eval_dataset, dict):
+            datasets += [(f"eval_dataset[{k!r}]", v) for k, v in eval_dataset.items()]
+        else:
+            datasets.append(("eval_dataset", eval_dataset))
+        self._has_video = any(
+            [check_video_dataset(d, self.model, self.processing_class, self.video_args, n) for n, d in datasets if d]
+        )
+        if not self._has_video:
+            return
+        try:
+            check_video_model(self.teacher_model, self.processing_class)
+        except VideoError as err:
+            raise VideoError(f"teacher_model: {err}") from None
+        if isinstance(self.data_collator, VisionDistillationCollator):
+            config = unwrap_model(self.model).config
+            tokenizer = self.processing_class.tokenizer
+            image, video = tokenizer.convert_ids_to_tokens([config.image_token_id, config.video_token_id])
+            self.data_collator.image_token = self.data_collator.image_token or image
+            self.data_collator.video_token = self.data_collator.video_token or video
+
     def capture_layers(self) -> dict:
         """{"model": attn_layer, "teacher": teacher_attn_layer} when attention is distilled, else {} (the pre-flight
         checks look only at captured models)."""
@@ -163,7 +197,8 @@ class AttentionGKDTrainer(GKDTrainer):
 
     # -- image tensors for the models -----------------------------------------------------------------------------
     def _multimodal_kwargs(self, inputs: dict, input_ids: torch.Tensor | None = None) -> dict:
-        """Image tensors of the batch, with `mm_token_type_ids` spanning `input_ids` (prompt types, then zeros)."""
+        """Image / video tensors of the batch, with `mm_token_type_ids` spanning `input_ids` (prompt types, then
+        zeros: completions hold no placeholder, generation suppresses them)."""
         extras = {key: inputs[key] for key in _PASSTHROUGH_KEYS if inputs.get(key) is not None}
         prompt_types = inputs.get("prompt_mm_token_type_ids")
         if prompt_types is None:
