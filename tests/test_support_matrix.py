@@ -195,7 +195,8 @@ def render(rows: dict) -> str:
         "Families of `trl_attention.tiny.families` this transformers version lacks are left out. The qwen2_5_vl row "
         "is the project's own tiny Qwen2.5-VL: its video cell is computed here, its other cells are the rest of the "
         "test suite (tests/ral, tests/sayo, tests/distill, tests/vrga, tests/viz, tests/video). SAYO boxes and heatmaps need "
-        "the Qwen-style `image_grid_thw`: SAYO refuses the other layouts at construction; heatmaps are untested there.",
+        "the Qwen-style `image_grid_thw`: SAYO refuses the other layouts at construction; heatmaps are untested there. On video rows SAYO and VRGA are "
+        "clear errors on every family (docs/video.md).",
         "",
     ]
     return "\n".join(lines)

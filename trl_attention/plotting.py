@@ -1,8 +1,10 @@
-"""Plots for training runs: metric curves from a Trainer log history, and attention heatmaps over the image.
+"""Plots for training runs: metric curves from a Trainer log history, and attention heatmaps over images and videos.
 
 Heatmaps: `capture_image_attention` (one captured forward) -> per-token grids over the visual tokens ->
 `select_tokens` (one token, a span or the mean) -> `overlay_heatmap` (upsampled, blended, image-sized PIL image)
-or `plot_heatmap` (a PNG with colour bar). `callbacks.AttentionHeatmapCallback` logs them during training.
+or `plot_heatmap` (a PNG with colour bar). Videos: `capture_video_attention` keeps one grid per temporal group
+(2 frames), drawn as a strip of panels on one colour scale (`overlay_video_strip`, `plot_video_heatmap`).
+`callbacks.AttentionHeatmapCallback` logs them during training.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ from .sayo.regions import visual_token_positions
 __all__ = [
     "METRICS",
     "ImageAttention",
+    "VideoAttention",
     "attention_heatmap",
     "capture_image_attention",
+    "capture_video_attention",
     "overlay_heatmap",
+    "overlay_video_strip",
     "plot_heatmap",
+    "plot_video_heatmap",
     "plot_metrics",
     "select_tokens",
     "token_grid",
@@ -138,10 +144,11 @@ class ImageAttention:
         return select_tokens(self.grids, tokens)
 
 
-def token_grid(rows: torch.Tensor, positions, grid_thw, merge_size: int = 2) -> np.ndarray:
-    """(n, T) attention rows -> (n, rows, cols) over one image's merged token grid (row-major, frames summed).
+def token_grid(rows: torch.Tensor, positions, grid_thw, merge_size: int = 2, sum_frames: bool = True) -> np.ndarray:
+    """(n, T) attention rows -> (n, rows, cols) over one image's merged token grid (row-major, frames summed), or
+    with `sum_frames=False` (n, t, rows, cols): one grid per temporal group, as a video's tokens are t-major.
 
-    `positions`: that image's visual-token positions in the sequence (`regions.visual_token_positions`);
+    `positions`: that image's (video's) token positions in the sequence (`regions.visual_token_positions`);
     `grid_thw`: (t, h, w) in patches, as the processor reports it.
     """
     t, h, w = (int(v) for v in grid_thw)
@@ -153,8 +160,8 @@ def token_grid(rows: torch.Tensor, positions, grid_thw, merge_size: int = 2) -> 
         raise ValueError(
             f"got {positions.numel()} visual-token positions, grid_thw {(t, h, w)} needs {math.prod(shape)}"
         )
-    values = rows[:, positions].detach().float().cpu().numpy()
-    return values.reshape(rows.shape[0], *shape).sum(1)
+    values = rows[:, positions].detach().float().cpu().numpy().reshape(rows.shape[0], *shape)
+    return values.sum(1) if sum_frames else values
 
 
 def select_tokens(grids: np.ndarray, tokens=None) -> np.ndarray:
@@ -231,19 +238,7 @@ def capture_image_attention(
             if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == prompt_length:
                 fill = extra if key == "input_ids" else torch.ones_like(extra) if key == "attention_mask" else None
                 inputs[key] = torch.cat([value, fill if fill is not None else torch.zeros_like(extra)], dim=1)
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    num_rows = max(len(ids), 1)
-    was_training = model.training
-    model.eval()
-    try:
-        with capture_attention(model, num_rows=num_rows, layer=layer) as cap:
-            model(**inputs)
-    finally:
-        model.train(was_training)
-    rows = cap.probs[0]
-    if not ids:
-        rows = rows[-1:]  # the last prompt token
+    rows = _query_rows(model, inputs, len(ids), layer)
     config = unwrap_model(model).config
     merge = spatial_merge_size(model, processor)
     grids_thw = inputs["image_grid_thw"].tolist()
@@ -253,6 +248,105 @@ def capture_image_attention(
     grids = token_grid(rows, blocks[image_index], grids_thw[image_index], merge)
     labels = [tokenizer.decode([i]) for i in ids] if ids else ["<last prompt token>"]
     return ImageAttention(grids=grids, tokens=labels, image=images[image_index], prompt_length=prompt_length)
+
+
+def _query_rows(model, inputs: dict, n_completion: int, layer: int) -> torch.Tensor:
+    """One eval-mode captured forward: the (n, T) rows of the completion tokens (the last prompt token without)."""
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with capture_attention(model, num_rows=max(n_completion, 1), layer=layer) as cap:
+            model(**inputs)
+    finally:
+        model.train(was_training)
+    return cap.probs[0] if n_completion else cap.probs[0][-1:]
+
+
+@dataclass
+class VideoAttention:
+    """Attention of query tokens over one video's tokens, one grid per temporal group of `temporal` frames (from
+    `capture_video_attention`): the mass of each group is what a strip of frames can show."""
+
+    grids: np.ndarray  # (n, groups, rows, cols): per query token, attention mass on each video token
+    tokens: list  # the n query tokens' text
+    frames: np.ndarray  # (groups * temporal, H, W, 3) uint8: the resized frames the video tokens were cut from
+    prompt_length: int
+    temporal: int = 2
+
+    def select(self, tokens=None) -> np.ndarray:
+        """One (groups, rows, cols) stack: `select_tokens` over the query tokens."""
+        return select_tokens(self.grids, tokens)
+
+    def group_frames(self) -> list:
+        """The first frame of each temporal group (the panels of the strip), as PIL images."""
+        return [Image.fromarray(self.frames[g * self.temporal]) for g in range(self.grids.shape[1])]
+
+
+@torch.no_grad()
+def capture_video_attention(
+    model, processor, prompt, visuals: dict, completion: str | None = None, layer: int = -1, video_index: int = 0
+) -> VideoAttention:
+    """`capture_image_attention` for a row with videos: one captured forward over the prompt, its placeholders
+    expanded as the trainer expands them, + `completion`; the attention on video `video_index`, per temporal group.
+
+    `visuals`: the row's encoded inputs (`trl_attention.video.rows.encode_row`: tensors and `video_frames`)."""
+    from .video.encode import merge_visuals, tokenize_visual_prompts, vision_geometry
+    from .video.grpo import mm_token_type_ids
+
+    config = unwrap_model(model).config
+    frames = visuals.get("video_frames") or []
+    if getattr(config, "video_token_id", None) is None or not 0 <= video_index < len(frames):
+        raise ValueError(f"no video {video_index} to show: the row has {len(frames)} video(s) (or the model none)")
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokens = tokenizer.convert_ids_to_tokens([config.image_token_id, config.video_token_id])
+    (prompt_ids,), _ = tokenize_visual_prompts(processor, [prompt], [visuals], *tokens)
+    ids = tokenizer(completion, add_special_tokens=False)["input_ids"] if completion else []
+    input_ids = torch.tensor([prompt_ids + ids])
+    inputs = {**merge_visuals([visuals]), "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    inputs["mm_token_type_ids"] = mm_token_type_ids(model, input_ids)
+    rows = _query_rows(model, inputs, len(ids), layer)
+    merge = spatial_merge_size(model, processor)
+    grids_thw = visuals["video_grid_thw"].tolist()
+    blocks = visual_token_positions(input_ids[0, : len(prompt_ids)], config.video_token_id, grids_thw, merge)
+    if blocks is None:
+        raise ValueError(f"the prompt's video tokens do not match video_grid_thw {grids_thw}")
+    grids = token_grid(rows, blocks[video_index], grids_thw[video_index], merge, sum_frames=False)
+    labels = [tokenizer.decode([i]) for i in ids] if ids else ["<last prompt token>"]
+    temporal = vision_geometry(processor)["temporal"]
+    return VideoAttention(grids, labels, np.asarray(frames[video_index]), len(prompt_ids), temporal)
+
+
+def overlay_video_strip(frames, grids: np.ndarray, alpha: float = 0.55, gap: int = 2) -> Image.Image:
+    """The frames side by side, each with its temporal group's (rows, cols) grid overlaid, all on ONE colour scale
+    (the strip's max), so a brighter panel is a group with more attention."""
+    grids = np.asarray(grids, dtype=np.float32)
+    if grids.ndim != 3 or len(frames) != len(grids):
+        raise ValueError(f"need one frame per (rows, cols) grid, got {len(frames)} frames, grids {grids.shape}")
+    panels = [overlay_heatmap(f, g, alpha=alpha, vmax=float(grids.max())) for f, g in zip(frames, grids)]
+    width, height = panels[0].size
+    strip = Image.new("RGB", (len(panels) * (width + gap) - gap, height), (255, 255, 255))
+    for i, panel in enumerate(panels):
+        strip.paste(panel, (i * (width + gap), 0))
+    return strip
+
+
+def plot_video_heatmap(frames, grids: np.ndarray, path, title: str = "", label: str = "attention") -> str:
+    """Write a PNG of `overlay_video_strip(frames, grids)` as panels titled with each group's mass, one colour bar."""
+    grids = np.asarray(grids, dtype=np.float32)
+    fig, axes = plt.subplots(1, len(grids), figsize=(2.4 * len(grids) + 1.2, 3.0), squeeze=False)
+    top = float(grids.max()) or 1.0
+    for g, (ax, frame, grid) in enumerate(zip(axes[0], frames, grids)):
+        ax.imshow(overlay_heatmap(frame, grid, vmax=top))
+        ax.set_title(f"group {g}: {grid.sum():.3f}", fontsize=9)
+        ax.set_axis_off()
+    fig.colorbar(ScalarMappable(norm=Normalize(0.0, top), cmap="inferno"), ax=list(axes[0]), shrink=0.8, label=label)
+    fig.suptitle(title, fontsize=9)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
 
 
 def _box_mass(grid: np.ndarray, box, size) -> float:

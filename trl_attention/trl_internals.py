@@ -119,6 +119,7 @@ GRPO_ATTRIBUTES = (
     "chat_template_kwargs",
     "generation_config",
     "generation_kwargs",
+    "log_multimodal",
 )
 GKD_ATTRIBUTES = ("_metrics", "teacher_model", "generation_config", "generation_kwargs")
 # Class attributes of TRL's trainers that both trainers extend; TRL's `create_model_card` reads them, and these keys

@@ -4,7 +4,8 @@ relative to the whole image, entering GRPO's advantages like any other reward.
     regions.py     boxes -> visual-token cells -> sequence positions
     reward.py      RegionAttentionReward, region_attention_score, the `requires_attention` protocol, SAYO's format
     attention.py   CompletionAttention and the trainer mixin that hands the attention to such rewards
-    checks.py      row checks (images, aspect ratio, box nesting, row names) shared with the distillation collator
+    checks.py      row checks (images, aspect ratio, box nesting, row names, video rows) shared with the distillation
+                   collator; video rows are refused (docs/sayo.md, "Video rows")
 """
 
 from .._lazy import lazy_exports

@@ -1,7 +1,8 @@
 """Attention for rewards (SAYO): what a reward marked `requires_attention` receives, and the trainer mixin that
 computes it inside the scoring capture (`ral.scoring`), once per generation batch whatever the number of such
 rewards. When TRL ran no scoring forward, one is run from the prompt ids and multimodal fields TRL tokenised for
-generation (kept by `_tokenize_prompts`).
+generation (kept by `_tokenize_prompts`). Datasets with video rows are refused at construction: the attention
+handed to rewards describes image tokens only (docs/sayo.md, "Video rows").
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from ..capture import spatial_merge_size, unwrap_model
 from ..trl_internals import pad
+from .checks import first_video_row
 from .regions import visual_token_positions
 
 __all__ = ["CompletionAttention", "RewardAttentionMixin"]
@@ -30,6 +32,7 @@ class CompletionAttention:
     entropies: torch.Tensor | None  # (n,): policy entropy of each completion token at the sampling temperature
     merge_size: int
     prompt_length: int
+    video_tokens: int = 0  # video placeholders in the prompt: rewards that map image regions must refuse them
 
 
 def _validate(func, dataset, name: str, processing_class) -> None:
@@ -75,6 +78,7 @@ class RewardAttentionMixin:
             datasets += [(f"eval_dataset[{name!r}]", split) for name, split in self.eval_dataset.items()]
         else:
             datasets.append(("eval_dataset", self.eval_dataset))
+        self._refuse_video_rows(datasets)
         self._row_checks = []
         for index in self._attention_reward_indices:
             func = self.reward_funcs[index]
@@ -84,6 +88,27 @@ class RewardAttentionMixin:
             if hasattr(func, "check_batch"):
                 self._row_checks.append(func.check_batch)
             self.reward_funcs[index] = self._with_attention(func)
+
+    def _refuse_video_rows(self, datasets) -> None:
+        """Attention rewards with video rows: an error naming the first such row. `CompletionAttention` locates
+        image tokens only and SAYO's boxes are per image; scoring video rows would be silently wrong."""
+        if getattr(self, "_has_video", None) is False:  # the video path found none (trl_attention.video.grpo)
+            return
+        names = [
+            getattr(self.reward_funcs[i], "__name__", type(self.reward_funcs[i]).__name__)
+            for i in self._attention_reward_indices
+        ]
+        for name, dataset in datasets:
+            found = first_video_row(dataset) if dataset is not None else None
+            if found is not None:
+                from ..video.rows import VideoError
+
+                raise VideoError(
+                    f"{name} row {found[0]}, column `{found[1]}`: a video row, but the reward(s) {', '.join(names)} "
+                    "read the policy's attention, which describes image tokens only (SAYO's boxes are per image). "
+                    "Drop the video rows (or train them without attention rewards); RAL's attention term "
+                    "(attn_coef) covers video tokens. docs/sayo.md, 'Video rows'"
+                )
 
     def _generate_and_score_completions(self, inputs):
         for check in getattr(self, "_row_checks", ()):  # every sampled row, before TRL's processor sees it
@@ -138,7 +163,8 @@ class RewardAttentionMixin:
 
     def _per_completion(self, scoring) -> list:
         """Split a captured batch into one CompletionAttention per completion, padding removed."""
-        image_token = getattr(unwrap_model(self.model).config, "image_token_id", None)
+        config = unwrap_model(self.model).config
+        image_token, video_token = getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)
         merge = spatial_merge_size(self.model)
         grids, counts = scoring["image_grid_thw"], scoring["num_images"]
         offsets = [0] + list(torch.tensor(counts or []).cumsum(0).tolist())
@@ -155,6 +181,7 @@ class RewardAttentionMixin:
             ].cpu()  # images live in the prompt (a sampled pad id is text)
             positions = [] if image_token is None else visual_token_positions(ids, image_token, sample_grids, merge)
             entropies = scoring["entropies"]
+            video_tokens = 0 if video_token is None else int((ids == video_token).sum())
             items.append(
                 CompletionAttention(
                     rows=scoring["probs"][i, :rows_total][completion][:, keep].float().cpu(),
@@ -163,6 +190,7 @@ class RewardAttentionMixin:
                     entropies=None if entropies is None else entropies[i][completion].float().cpu(),
                     merge_size=merge,
                     prompt_length=prompt_length,
+                    video_tokens=video_tokens,
                 )
             )
         return items

@@ -1,5 +1,6 @@
 """Row checks for datasets of image rows (SAYO's reward, the distillation collator): what a row is called in an
-error, images readable and within the image processor's limits, and the nesting of a `boxes` column.
+error, images readable and within the image processor's limits, the nesting of a `boxes` column, and where the
+first video row is (attention rewards refuse them).
 
 Every check raises a `ValueError` that names the row and the column; nothing here skips a row. Images may be PIL
 images, local path strings, `{"bytes", "path"}` dicts (a `datasets.Image(decode=False)` column), http(s)/data
@@ -18,9 +19,12 @@ from PIL import Image
 
 __all__ = [
     "FALLBACK_MAX_ASPECT_RATIO",
+    "VIDEO_COLUMNS",
     "box_lists",
     "check_aspect_ratio",
     "first_rows",
+    "first_video_row",
+    "has_video",
     "image_processor_of",
     "open_image",
     "row_images",
@@ -30,6 +34,7 @@ __all__ = [
 FALLBACK_MAX_ASPECT_RATIO = 200.0
 """The Qwen-VL image processors' limit (`smart_resize`), used only when no processor is known."""
 
+VIDEO_COLUMNS = ("video", "videos")  # the video path's columns (trl_attention.video.rows)
 _ID_COLUMNS = ("row_id", "id")
 _NESTING = "per image, a list of (x1, y1, x2, y2) boxes: [[[x1, y1, x2, y2]]] for one box on a one-image row"
 
@@ -199,3 +204,24 @@ def box_lists(value, where: str) -> list:
             checked.append(list(box))
         per_image.append(checked)
     return per_image
+
+
+def has_video(value) -> bool:
+    """Whether a `video` / `videos` cell holds a video (a path, frames, or a non-empty list of them)."""
+    return value is not None and not (hasattr(value, "__len__") and not isinstance(value, str) and len(value) == 0)
+
+
+def first_video_row(dataset, limit: int | None = None):
+    """(index, column) of the first row with a video, None without one. Reads only the video columns; `limit`
+    bounds the rows read of a dataset without a length (streaming)."""
+    columns = getattr(dataset, "column_names", None) or []
+    present = [c for c in VIDEO_COLUMNS if c in columns]
+    if not present:
+        return None
+    if hasattr(dataset, "select_columns"):
+        dataset = dataset.select_columns(present)
+    for index, row in first_rows(dataset, None if hasattr(dataset, "__len__") else limit or 256):
+        for column in present:
+            if has_video(row.get(column)):
+                return index, column
+    return None

@@ -14,7 +14,17 @@ import torch
 from PIL import Image
 
 from ..rewards import ANSWER_TAG, completion_text
-from .checks import box_lists, check_aspect_ratio, first_rows, image_processor_of, open_image, row_images, row_name
+from .checks import (
+    VIDEO_COLUMNS,
+    box_lists,
+    check_aspect_ratio,
+    first_rows,
+    has_video,
+    image_processor_of,
+    open_image,
+    row_images,
+    row_name,
+)
 from .regions import clip_box, region_token_indices
 
 __all__ = [
@@ -79,6 +89,16 @@ def _image_sizes(kwargs, index, where="RegionAttentionReward"):
 _NAMING = ("row_id", "id", "prompts", "prompt")  # reward kwargs that identify a row in an error
 
 
+def _video_error(where: str, what: str):
+    """Why SAYO does not score video rows (docs/sayo.md, "Video rows"), as the video path's error type."""
+    from ..video.rows import VideoError
+
+    return VideoError(
+        f"{where}: {what}; RegionAttentionReward scores image rows only (SAYO's boxes are per image, and per-frame "
+        "boxes would need the trainer's sampled frames): drop the video rows or score them with another reward"
+    )
+
+
 def _world_size() -> int:
     distributed = torch.distributed
     return distributed.get_world_size() if distributed.is_available() and distributed.is_initialized() else 1
@@ -97,7 +117,8 @@ class RegionAttentionReward(AttentionReward):
     first `validation_rows` rows of each dataset when the trainer is built (None: all rows of a map-style
     dataset), and `check_batch` every row the trainer samples, before generation. Boxes that all lie within
     [0, 1] on images of more than a few pixels are taken for normalized coordinates given as pixels and raise,
-    unless `pixel_boxes=True` says they are pixels.
+    unless `pixel_boxes=True` says they are pixels. Video rows raise: SAYO's boxes are per image (docs/sayo.md,
+    "Video rows").
 
     `reference_quirks=True` reproduces two choices of the released SAYO code, to compare with the paper's numbers
     (docs/sayo-fidelity.md): k = max(1, int(fraction * (C - 1))) tokens with C the longest completion of the call
@@ -169,6 +190,9 @@ class RegionAttentionReward(AttentionReward):
 
     def _check_row(self, row, where, image_processor, decode=False, replace=False) -> list:
         """[(image size, clipped boxes)] of one row, raising a ValueError that names `where` and the column."""
+        for column in VIDEO_COLUMNS:
+            if has_video(row.get(column)):
+                raise _video_error(f"{where}, column `{column}`", "a video row")
         per_image = box_lists(row.get(self.boxes_column), f"{where}, column `{self.boxes_column}`")
         images = row_images(row)
         column = "images" if "images" in row else "image"
@@ -229,6 +253,8 @@ class RegionAttentionReward(AttentionReward):
         padded = max(lengths) if self.reference_quirks and lengths else None
         for index, item in enumerate(attention):
             where = row_name({k: kwargs[k][index] for k in _NAMING if isinstance(kwargs.get(k), list)})
+            if item is not None and getattr(item, "video_tokens", 0):
+                raise _video_error(where, f"its prompt holds {item.video_tokens} video tokens")
             boxes_of_row = (kwargs.get(self.boxes_column) or [None] * len(attention))[index]
             per_image = box_lists(boxes_of_row, f"{where}, column `{self.boxes_column}`")
             if not any(per_image):

@@ -14,14 +14,19 @@ Batches without a video row take TRL's path untouched."""
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
+from accelerate.utils import gather_object
 
 from ..capture.models import unwrap_model
 from .arguments import video_arguments
 from .encode import merge_visuals, tokenize_visual_prompts
-from .rows import VIDEO_COLUMNS, VISUAL_COLUMNS, VideoError, check_video_dataset, encode_row
+from .rows import VIDEO_COLUMNS, VISUAL_COLUMNS, VideoError, check_video_dataset, encode_row, row_visuals
 
-__all__ = ["VideoGRPOMixin", "mm_token_type_ids", "visual_forward_kwargs"]
+__all__ = ["LOGGED_COLUMNS", "VideoGRPOMixin", "mm_token_type_ids", "visual_forward_kwargs"]
+
+LOGGED_COLUMNS = ("image", "images", "video", "videos", "video_fps")  # kept in _logs["visual_rows"]
 
 
 def mm_token_type_ids(model, input_ids: torch.Tensor) -> torch.Tensor:
@@ -61,6 +66,8 @@ class VideoGRPOMixin:
         )
         if self._has_video:
             self._suppress_video_token()
+            if self.log_multimodal:  # the heatmap callback's rollouts, in step with TRL's gathered _logs["prompt"]
+                self._logs["visual_rows"] = deque(maxlen=self.args.generation_batch_size)
         if self._has_video and (self.use_vllm or self.tools or self.environment_factories):
             raise VideoError(
                 "video rows are generated with transformers' generate: use_vllm, tools and environments are not "
@@ -79,9 +86,23 @@ class VideoGRPOMixin:
         self.generation_config.suppress_tokens = tokens
         self.generation_kwargs["suppress_tokens"] = tokens
 
+    def _log_visual_rows(self, inputs, video_batch: bool) -> None:
+        """Rows' visual columns for the heatmaps; in video batches also TRL's `_logs["images"]`, which TRL does not
+        extend when the image columns are taken out (its completions table would pair old images with new prompts)."""
+        if not self.log_multimodal or "visual_rows" not in self._logs:
+            return
+        self._logs["visual_rows"].extend(
+            gather_object([{k: r[k] for k in LOGGED_COLUMNS if r.get(k) is not None} for r in inputs])
+        )
+        if video_batch:
+            self._logs["images"].extend(gather_object([row_visuals(r)[0] or None for r in inputs]))
+
     def _generate_and_score_completions(self, inputs):
         if not self._has_video or not any(row.get(c) is not None for row in inputs for c in VIDEO_COLUMNS):
-            return super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(inputs)
+            if self._has_video:
+                self._log_visual_rows(inputs, video_batch=False)
+            return output
         cache: dict = {}
         visuals = [encode_row(i, row, self.processing_class, self.video_args, cache) for i, row in enumerate(inputs)]
         stripped = [{k: v for k, v in row.items() if k not in VISUAL_COLUMNS} for row in inputs]
@@ -91,6 +112,7 @@ class VideoGRPOMixin:
         finally:
             self._batch_visuals = self._forward_visuals = None
         output["visual_inputs"] = visuals
+        self._log_visual_rows(inputs, video_batch=True)
         return output
 
     def _tokenize_prompts(self, prompts):

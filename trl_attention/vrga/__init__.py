@@ -9,6 +9,7 @@ attention that a few visual heads pay to the question-relevant image tokens. See
     config.py    VRGAConfig (every threshold of the paper)
     select.py    head statistics, visual heads, focus tokens (stage 1)
     runtime.py   enable_vrga: the reweighting during generation (stage 2), through the capture hooks
+    inputs.py    the image tokens of each sample; prompts with video tokens refused (VRGA is defined on images)
     qa.py        answering questions with and without VRGA (the CLI and the eval example)
 """
 

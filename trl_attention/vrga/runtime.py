@@ -23,8 +23,9 @@ from typing_extensions import Self
 
 from ..capture import AttentionHooks, CaptureError, spatial_merge_size, unwrap_model
 from ..ops.attention_rows import normalize_mask
-from ..sayo.regions import visual_token_positions
 from .config import VRGAConfig
+from .inputs import refuse_video
+from .inputs import split_grids as _split_grids
 from .select import boosted_heads, image_statistics, select_focus
 
 __all__ = ["VRGA", "VRGADiagnostics", "enable_vrga", "head_rows"]
@@ -60,28 +61,6 @@ class VRGADiagnostics:
     focus_positions: torch.Tensor  # sequence positions (in the padded prompt) of the boosted tokens
     boost_counts: torch.Tensor  # (L, H): decoding steps in which each head was boosted (updated while decoding)
     query_position: int = -1  # position (in the padded prompt) of the stage-1 query row
-
-
-def _split_grids(input_ids, image_token_id: int, grids, merge: int):
-    """Per sample: (list of per-image position tensors, list of (t, h, w) token grids), in prompt order."""
-    counts = [] if grids is None else [int(t) * int(h) * int(w) // merge**2 for t, h, w in grids.tolist()]
-    out, used = [], 0
-    for b, ids in enumerate(input_ids):
-        wanted, mine = int((ids == image_token_id).sum()), []
-        while wanted > sum(counts[i] for i in mine) and used < len(counts):
-            mine.append(used)
-            used += 1
-        sample_grids = [grids[i].tolist() for i in mine]
-        positions = visual_token_positions(ids, image_token_id, sample_grids, merge)
-        if positions is None:
-            raise ValueError(
-                f"VRGA: sample {b} has {wanted} image tokens, which do not match its image_grid_thw rows "
-                f"{sample_grids} (merge size {merge}); was the prompt truncated?"
-            )
-        out.append((positions, [(t, h // merge, w // merge) for t, h, w in sample_grids]))
-    if used != len(counts):
-        raise ValueError(f"VRGA: image_grid_thw has {len(counts)} images but the input_ids hold only {used}")
-    return out
 
 
 def _pad(rows: list, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +162,7 @@ class VRGA:
         mask = kwargs.get("attention_mask")
         n_keys = mask.sum(-1) if mask is not None and mask.dim() == 2 else torch.full(ids.shape[:1], ids.shape[1])
         if ids.shape[1] > 1:
+            refuse_video(module, ids)  # VRGA is defined on images (inputs.py)
             cache = kwargs.get("past_key_values")
             if cache is not None and cache.get_seq_length() > 0:
                 raise ValueError("VRGA does not support chunked prefill or multi-token continuation of a cache")

@@ -1,0 +1,53 @@
+"""Which prompt tokens VRGA acts on: each sample's image tokens, split per image; video tokens are refused.
+
+VRGA (arXiv 2603.14184) is defined on images: its head statistics, attention sinks (first row / column of a grid)
+and focus thresholds read one image's token grid, and its thresholds were set on image benchmarks. A video's tokens
+are several grids over time whose sinks and neighbourhoods the paper does not define, and a prompt mixing video
+and image tokens would count the video as text in R_img. Rather than boost silently wrong (or, on a video-only
+prompt, silently do nothing), a prompt with video tokens is an error (docs/vrga.md, "Video")."""
+
+from __future__ import annotations
+
+import torch
+
+from ..sayo.regions import visual_token_positions
+
+__all__ = ["refuse_video", "split_grids"]
+
+
+def refuse_video(model, input_ids: torch.Tensor) -> None:
+    """ValueError naming the first sample of `input_ids` that holds video placeholders (Qwen-VL `<|video_pad|>`)."""
+    video_id = getattr(getattr(model, "config", None), "video_token_id", None)
+    if video_id is None:
+        return
+    counts = (input_ids == video_id).sum(-1)
+    if not bool(counts.any()):
+        return
+    b = int(torch.nonzero(counts)[0])
+    raise ValueError(
+        f"VRGA: sample {b} holds {int(counts[b])} video tokens (id {video_id}); VRGA reweights image tokens only, as "
+        "the paper defines it. Generate video prompts with VRGA off (outside `with enable_vrga(...)`, or after "
+        "`vrga.disable()`), or give the frames as images (several images per sample are supported)"
+    )
+
+
+def split_grids(input_ids, image_token_id: int, grids, merge: int):
+    """Per sample: (list of per-image position tensors, list of (t, h, w) token grids), in prompt order."""
+    counts = [] if grids is None else [int(t) * int(h) * int(w) // merge**2 for t, h, w in grids.tolist()]
+    out, used = [], 0
+    for b, ids in enumerate(input_ids):
+        wanted, mine = int((ids == image_token_id).sum()), []
+        while wanted > sum(counts[i] for i in mine) and used < len(counts):
+            mine.append(used)
+            used += 1
+        sample_grids = [grids[i].tolist() for i in mine]
+        positions = visual_token_positions(ids, image_token_id, sample_grids, merge)
+        if positions is None:
+            raise ValueError(
+                f"VRGA: sample {b} has {wanted} image tokens, which do not match its image_grid_thw rows "
+                f"{sample_grids} (merge size {merge}); was the prompt truncated?"
+            )
+        out.append((positions, [(t, h // merge, w // merge) for t, h, w in sample_grids]))
+    if used != len(counts):
+        raise ValueError(f"VRGA: image_grid_thw has {len(counts)} images but the input_ids hold only {used}")
+    return out
