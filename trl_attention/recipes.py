@@ -41,6 +41,7 @@ PROMPT_FORMATS = {
 # Column names tried, in order, when the dataset does not say (public VQA / reasoning datasets).
 _QUESTION_COLUMNS = ("problem", "question", "query")
 _ANSWER_COLUMNS = ("solution", "answer", "label", "answers")
+_VISUAL_COLUMNS = ("image", "images", "video", "videos")  # one prompt part per image / video, in this order
 
 
 def _region_attention_reward(prompt_format: str):
@@ -107,10 +108,10 @@ def prepare_dataset(
     answer_column: str | None = None,
     image_column: str | None = None,
 ) -> Dataset:
-    """A VQA-style dataset as TRL conversational prompts: `prompt` (one image part per image, the question plus the
-    format instruction), `image`/`images` and `solution` (the bare answer). Rows that already have a `prompt` keep it
+    """A VQA-style dataset as TRL conversational prompts: `prompt` (one image part per image and one video part per
+    video, the question plus the format instruction), the visual columns and `solution` (the bare answer). Rows that already have a `prompt` keep it
     (then only `solution` is derived). Columns are guessed (question: problem/question/query; answer:
-    solution/answer/label/answers; image: image/images) unless named."""
+    solution/answer/label/answers; visual: image/images/video/videos) unless named."""
     if prompt_format not in PROMPT_FORMATS:
         raise ValueError(f"prompt_format must be one of {sorted(PROMPT_FORMATS)}, got {prompt_format!r}")
     columns = set(dataset.column_names)
@@ -118,12 +119,24 @@ def prepare_dataset(
     if "prompt" in columns and question_column is None:
         return dataset.map(lambda row: {"solution": answer_text(row[answer])})
     question = _pick(columns, question_column, _QUESTION_COLUMNS, "question")
-    image = _pick(columns, image_column, ("image", "images"), "image")
+    if image_column is not None:
+        visual = [_pick(columns, image_column, (), "image")]
+    else:
+        visual = [c for c in _VISUAL_COLUMNS if c in columns]
+        if not visual:
+            raise ValueError(f"no image or video column: tried {list(_VISUAL_COLUMNS)} (columns: {sorted(columns)})")
     suffix = PROMPT_FORMATS[prompt_format]
 
     def convert(row):
-        count = len(row[image]) if isinstance(row[image], list) else 1
-        content = [{"type": "image"}] * count + [{"type": "text", "text": str(row[question]).strip() + suffix}]
+        content = []
+        for column in visual:  # images first, then videos; a None (the other kind's rows) adds no part
+            value = row[column]
+            if value is None:
+                continue
+            kind = "video" if column.startswith("video") else "image"
+            many = column == "videos" or (kind == "image" and isinstance(value, list))
+            content += [{"type": kind}] * (len(value) if many else 1)
+        content.append({"type": "text", "text": str(row[question]).strip() + suffix})
         return {"prompt": [{"role": "user", "content": content}], "solution": answer_text(row[answer])}
 
     return dataset.map(convert)

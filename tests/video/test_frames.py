@@ -52,3 +52,21 @@ def test_decode_a_file_written_here(tmp_path):
     np.testing.assert_allclose([f.mean() for f in out], levels, atol=4)  # MPEG-4 is lossy, flat frames nearly exact
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_video(tmp_path / "missing.mp4", VideoArguments())
+
+
+def test_prepare_dataset_gives_video_rows_video_parts():
+    from datasets import Dataset
+
+    from trl_attention.recipes import prepare_dataset
+
+    rows = Dataset.from_list(
+        [
+            {"question": "Which way?", "answer": "left", "image": None, "video": "a.mp4"},
+            {"question": "What colour?", "answer": "red", "image": "b.png", "video": None},
+        ]
+    )
+    out = prepare_dataset(rows, "answer")
+    kinds = [[p["type"] for p in r[0]["content"]] for r in out["prompt"]]
+    assert kinds == [["video", "text"], ["image", "text"]] and out["solution"] == ["left", "red"]
+    with pytest.raises(ValueError, match="no image or video column"):
+        prepare_dataset(Dataset.from_list([{"question": "q", "answer": "a"}]))
