@@ -304,7 +304,9 @@ def test_videos_column_from_a_dataset_trains(tmp_path):
     rows = [{k: v for k, v in r.items() if k != "video"} for r in _mixed_rows(0, 2)]
     for r, clip in zip(rows, _mixed_rows(0, 2)[0:2]):
         r["videos"] = [clip["video"], clip["video"][:4]]
-        r["prompt"] = [{"role": "user", "content": [{"type": "video"}, {"type": "video"}, {"type": "text", "text": "?"}]}]
+        r["prompt"] = [
+            {"role": "user", "content": [{"type": "video"}, {"type": "video"}, {"type": "text", "text": "?"}]}
+        ]
     frame = Dataset.from_list(rows)[0]["videos"][0][0]
     assert isinstance(frame, dict) and frame.get("bytes")  # what the trainer is handed
     trainer, calls, _ = _recording_trainer(tmp_path, rows)
