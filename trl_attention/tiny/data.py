@@ -40,6 +40,15 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Sequence[int], color
         draw.polygon([(x0, y1 - 1), (x1 - 1, y1 - 1), ((x0 + x1 - 1) / 2, y0)], fill=color)
 
 
+def render_shapes(shapes, colors, boxes, image_size: int) -> Image.Image:
+    """A plain-background square image with `shapes[i]` of colour name `colors[i]` filling `boxes[i]`."""
+    image = Image.new("RGB", (image_size, image_size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for shape, color, box in zip(shapes, colors, boxes):
+        _draw_shape(draw, shape, box, COLORS[color])
+    return image
+
+
 def _place(rng: random.Random, n: int, image_size: int, gap: int = 2) -> list[list[int]]:
     """Rejection-sample ``n`` non-overlapping square boxes (at least ``gap`` px apart)."""
     lo, hi = max(6, round(0.18 * image_size)), max(8, round(0.32 * image_size))
@@ -76,10 +85,7 @@ def make_grounding_dataset(n: int, seed: int = 0, image_size: int = 112) -> Data
         shapes = rng.sample(SHAPES, k)
         colors = rng.sample(sorted(COLORS), k)
         boxes = _place(rng, k, image_size)
-        image = Image.new("RGB", (image_size, image_size), BACKGROUND)
-        draw = ImageDraw.Draw(image)
-        for shape, color, box in zip(shapes, colors, boxes):
-            _draw_shape(draw, shape, box, COLORS[color])
+        image = render_shapes(shapes, colors, boxes, image_size)
         t = rng.randrange(k)
         if rng.random() < 0.5:
             question, answer = _QUESTION_COLOR.format(shape=shapes[t]), colors[t]
