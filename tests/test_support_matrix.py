@@ -122,15 +122,25 @@ def _video_cell(model, processing_class, tmp_path):
     from trl_attention.video import VideoError
 
     args = trainer_args(
-        AttentionGRPOConfig, tmp_path, max_steps=1, per_device_train_batch_size=2, num_generations=2,
-        max_completion_length=4, num_iterations=2, video_nframes=4, video_min_pixels=56 * 56,
+        AttentionGRPOConfig,
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=4,
+        num_iterations=2,
+        video_nframes=4,
+        video_min_pixels=56 * 56,
         video_max_pixels=112 * 112,
     )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer = AttentionGRPOTrainer(
-                model=model, reward_funcs=length_reward, args=args, train_dataset=make_motion_dataset(2, frames=4),
+                model=model,
+                reward_funcs=length_reward,
+                args=args,
+                train_dataset=make_motion_dataset(2, frames=4),
                 processing_class=processing_class,
             )
     except VideoError as error:
@@ -161,7 +171,7 @@ def compute_matrix(tmp_path) -> dict:
     from trl_attention.tiny import build_tiny_vlm
 
     model, processor = build_tiny_vlm()  # the project's own tiny Qwen2.5-VL: the other cells are the suite's
-    rows["qwen2_5_vl"] = {f: "supported" for f in FEATURES}
+    rows["qwen2_5_vl"] = {f: "suite" for f in FEATURES}  # the tests of each method, not a cell computed here
     rows["qwen2_5_vl"]["video"] = _video_cell(model, processor, tmp_path / "qwen2_5_vl_v")
     return rows
 
@@ -178,7 +188,7 @@ def render(rows: dict) -> str:
         "`output_attentions` of the last attention layer; RAL: one `AttentionGRPOTrainer` step with `attn_coef=1` "
         "on text prompts, logging `attention/jsd`). **clear error**: a `CaptureError` naming the module and the "
         "option (SAYO: a `ValueError` naming the missing `image_grid_thw`), raised at construction (RAL, SAYO, GKD) or "
-        "on entry (capture, VRGA). **untested**: not run here. "
+        "on entry (capture, VRGA). **untested**: not run here. **suite**: covered by the method's own tests (the qwen2_5_vl row). "
         "With `attn_coef=0` (no attention term or reward) every family trains as `trl.GRPOTrainer` does "
         "(tests/ral/test_any_model.py). **video**: one RAL step on synthetic moving-shape clips (logging "
         "`attention/video_mass`), or the `VideoError` naming the model type at construction.",

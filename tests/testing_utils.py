@@ -120,3 +120,22 @@ def check_metrics_are_averaged(trainer):
     trainer._metrics["train"]["contract/probe"].extend([1.0, 3.0])  # what log_global_masked_mean does
     trainer.log({})
     assert trainer.state.log_history[-1]["contract/probe"] == 2.0, "TRL no longer averages _metrics when it logs"
+
+
+def gkd_args(config_cls, tmp_path, **overrides):
+    """GKD-style trainer arguments for the tiny models on CPU (3 steps, 4 new tokens)."""
+    values = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        max_steps=3,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        seed=0,
+        save_strategy="no",
+        disable_tqdm=True,
+        max_new_tokens=4,
+        bf16=False,
+    )
+    values.update(overrides)
+    return config_cls(**values)

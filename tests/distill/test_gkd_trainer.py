@@ -12,7 +12,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-from tests.testing_utils import ROOT, TEACHER_SHAPE, count_forwards, hand_jsd
+from tests.testing_utils import ROOT, TEACHER_SHAPE, count_forwards, gkd_args, hand_jsd
 from trl_attention.distill import (
     AttentionGKDConfig,
     AttentionGKDTrainer,
@@ -29,24 +29,6 @@ EXAMPLES = ROOT / "examples"
 BENCHMARKS = EXAMPLES.parent / "benchmarks"
 
 
-def _args(config_cls, tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to=[],
-        max_steps=3,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        seed=0,
-        save_strategy="no",
-        disable_tqdm=True,
-        max_new_tokens=4,
-        bf16=False,
-    )
-    values.update(overrides)
-    return config_cls(**values)
-
-
 def _vlm_dataset(n=4):
     # completions of different lengths, so right padding is exercised
     return make_grounding_dataset(n).map(
@@ -57,7 +39,7 @@ def _vlm_dataset(n=4):
 def _vlm_trainer(tmp_path, teacher=None, **overrides):
     student, processor = build_tiny_vlm(seed=0)
     teacher = teacher if teacher is not None else build_tiny_vlm(seed=1, **TEACHER_SHAPE)[0]
-    args = _args(AttentionGKDConfig, tmp_path, **overrides)
+    args = gkd_args(AttentionGKDConfig, tmp_path, **overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return AttentionGKDTrainer(
@@ -107,7 +89,7 @@ def test_gamma_zero_is_bit_identical_to_gkd_trainer(tmp_path):
     ):
         student, tokenizer = build_tiny_lm(seed=0)
         teacher, _ = build_tiny_lm(seed=1, **TEACHER_SHAPE)
-        args = _args(config_cls, tmp_path / trainer_cls.__name__, lmbda=0.5, learning_rate=1e-2, **extra)
+        args = gkd_args(config_cls, tmp_path / trainer_cls.__name__, lmbda=0.5, learning_rate=1e-2, **extra)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer = trainer_cls(
@@ -122,7 +104,7 @@ def test_gamma_zero_is_bit_identical_to_gkd_trainer(tmp_path):
     assert not any("attention/distill_jsd" in h for h in runs[1].state.log_history)
     # text-only with the term on: TRL's left-padded ChatML batches, the term changes the updates and is logged
     student, tokenizer = build_tiny_lm(seed=0)
-    args = _args(AttentionGKDConfig, tmp_path / "on", lmbda=0.5, learning_rate=1e-2, attn_distill_coef=5.0)
+    args = gkd_args(AttentionGKDConfig, tmp_path / "on", lmbda=0.5, learning_rate=1e-2, attn_distill_coef=5.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = AttentionGKDTrainer(

@@ -11,6 +11,7 @@ import torch
 from datasets import Dataset
 from trl.experimental.gkd import GKDTrainer
 
+from tests.testing_utils import gkd_args
 from trl_attention.distill import AttentionGKDConfig, AttentionGKDTrainer
 from trl_attention.distill.collator import VisionDistillationCollator
 from trl_attention.tiny import build_tiny_lm, build_tiny_qwen_vl, build_tiny_vlm, make_grounding_dataset
@@ -95,21 +96,7 @@ def _trainer(tmp_path, rows=None, model=None, teacher=None, processor=None, **ov
     if model is None:
         model, processor = build_tiny_vlm(seed=0)
     teacher = teacher if teacher is not None else build_tiny_vlm(seed=1)[0]
-    values = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to=[],
-        max_steps=2,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        seed=0,
-        save_strategy="no",
-        disable_tqdm=True,
-        max_new_tokens=4,
-        bf16=False,
-        **SMALL,
-    )
-    args = AttentionGKDConfig(**{**values, **overrides})
+    args = gkd_args(AttentionGKDConfig, tmp_path, **{"max_steps": 2, **SMALL, **overrides})
     data = Dataset.from_list(rows if rows is not None else _video_rows(4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -50,6 +50,9 @@ def test_decode_a_file_written_here(tmp_path):
     out, fps = load_video(path, VideoArguments(video_nframes=6))
     assert out.shape == (6, 64, 48, 3) and fps == pytest.approx(3.0)
     np.testing.assert_allclose([f.mean() for f in out], levels, atol=4)  # MPEG-4 is lossy, flat frames nearly exact
+    two, fps = load_video(path, VideoArguments(video_nframes=2))  # only frames 0 and 5 are kept
+    np.testing.assert_allclose([f.mean() for f in two], [levels[0], levels[5]], atol=4)
+    assert fps == pytest.approx(2 / 6 * 3.0)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_video(tmp_path / "missing.mp4", VideoArguments())
 

@@ -99,14 +99,14 @@ def test_temporal_positions_follow_the_sampled_frame_rate():
     assert t.view(2, per_group).unique(dim=1).tolist() == [[t[0].item()], [t[0].item() + 2]]
 
 
-def _recording_trainer(tmp_path, rows, **overrides):
+def _recording_trainer(tmp_path, rows, teacher_model=None, **overrides):
     model, processor = build_tiny_vlm(seed=0)
+    overrides = {"per_device_train_batch_size": 4, **overrides}
     args = trainer_args(
         AttentionGRPOConfig,
         tmp_path,
         num_iterations=2,
         max_steps=1,
-        per_device_train_batch_size=4,
         num_generations=2,
         max_completion_length=4,
         video_nframes=4,
@@ -119,6 +119,7 @@ def _recording_trainer(tmp_path, rows, **overrides):
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=processor,
+        teacher_model=teacher_model,
     )
     calls = []
 
@@ -236,6 +237,9 @@ def test_bad_videos_fail_at_construction(tmp_path):
         build(good, video_nframes=16)
     with pytest.raises(VideoError, match=r"row 0: a video must be a list of frames .* got int"):
         build([{**good[0], "video": 3}, {**good[1], "video": 4}])
+    both = [{**good[0], "videos": [good[0]["video"]]}, {**good[1], "videos": None}]
+    with pytest.raises(VideoError, match="train_dataset row 0: it has both `video` and `videos`"):
+        build(both)
     other, _ = build_tiny_qwen_vl("qwen3_vl")
     with pytest.raises(VideoError, match="model_type='qwen3_vl'.*the video path feeds Qwen2.5-VL"):
         build(good, model=other)
@@ -267,28 +271,10 @@ def test_grpo_teacher_terms_see_the_frames(tmp_path):
     teacher.register_forward_pre_hook(
         lambda m, a, k: seen.append({n: v for n, v in k.items() if isinstance(v, torch.Tensor)}), with_kwargs=True
     )
-    model, processor = build_tiny_vlm(seed=0)
-    args = trainer_args(
-        AttentionGRPOConfig,
-        tmp_path,
-        num_iterations=2,
-        max_steps=1,
-        per_device_train_batch_size=2,
-        num_generations=2,
-        max_completion_length=4,
-        video_nframes=4,
-        gkd_coef=0.5,
-        attn_distill_coef=0.5,
-        **SMALL,
+    trainer, _, _ = _recording_trainer(
+        tmp_path, _mixed_rows(0, 1), teacher, per_device_train_batch_size=2, gkd_coef=0.5, attn_distill_coef=0.5
     )
-    trainer = AttentionGRPOTrainer(
-        model=model,
-        reward_funcs=length_reward,
-        args=args,
-        processing_class=processor,
-        teacher_model=teacher,
-        train_dataset=Dataset.from_list(_mixed_rows(0, 1)),
-    )
+    model = trainer.model
     trainer.train()
     assert seen and all("pixel_values_videos" in k for k in seen)
     for k in seen:
@@ -313,3 +299,15 @@ def test_videos_column_from_a_dataset_trains(tmp_path):
     trainer.train()
     scored = [c for c in calls if "labels" in c]
     assert scored and all(c["video_grid_thw"].size(0) == 2 * c["input_ids"].size(0) for c in scored)
+
+
+def test_streamed_datasets_check_the_model():
+    """An IterableDataset cannot be scanned at construction: the model is checked, rows when they are encoded."""
+    from trl_attention.video import check_video_dataset
+
+    model, processor = build_tiny_vlm(seed=0)
+    stream = Dataset.from_list(_mixed_rows(0, 2)).to_iterable_dataset()
+    assert check_video_dataset(stream, model, processor, VIDEO_ARGS) is True
+    other, _ = build_tiny_qwen_vl("qwen3_vl")
+    with pytest.raises(VideoError, match="model_type='qwen3_vl'"):
+        check_video_dataset(stream, other, processor, VIDEO_ARGS)

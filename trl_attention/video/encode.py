@@ -10,8 +10,6 @@ which is what Qwen2-VL / Qwen2.5-VL processors do; images go through the process
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from PIL import Image
@@ -127,7 +125,3 @@ def merge_visuals(visuals) -> dict:
         if parts:
             merged[key] = torch.cat(parts)
     return merged
-
-
-def video_token_count(grid, merge_size: int) -> int:
-    return math.prod(int(g) for g in grid) // merge_size**2

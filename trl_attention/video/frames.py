@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FRAME_FACTOR", "frame_count", "load_video", "sample_frame_indices", "write_video"]
+__all__ = ["FRAME_FACTOR", "frame_count", "load_video", "probe", "sample_frame_indices", "write_video"]
 
 FRAME_FACTOR = 2  # Qwen2-VL / Qwen2.5-VL's temporal patch: frames are consumed in pairs
 
@@ -66,24 +66,39 @@ def _as_frame(frame) -> np.ndarray:
     return array
 
 
-def frame_count(path) -> int:
-    """Frames in a video file (from its header; counted by decoding when the container does not say)."""
+def probe(path) -> tuple[int, float]:
+    """(frames, native fps) of a video file: from its header, counted by decoding when the container does not say."""
     av = _av()
     with av.open(os.fspath(path)) as container:
         stream = container.streams.video[0]
-        if stream.frames:
-            return int(stream.frames)
-        return sum(1 for _ in container.decode(stream))
+        fps = float(stream.average_rate or stream.guessed_rate or 1.0)
+        total = int(stream.frames) or sum(1 for _ in container.decode(stream))
+    return total, fps
+
+
+def frame_count(path) -> int:
+    """Frames in a video file (see `probe`)."""
+    return probe(path)[0]
 
 
 def _decode(path, args) -> tuple[np.ndarray, float]:
+    """Only the sampled frames are converted and kept: a long clip is never held in memory whole."""
+    total, native_fps = probe(path)
+    keep = sample_frame_indices(total, native_fps, args)
+    wanted: dict[int, int] = {}
+    for index in keep:
+        wanted[index] = wanted.get(index, 0) + 1
+    frames = []
     av = _av()
     with av.open(os.fspath(path)) as container:
-        stream = container.streams.video[0]
-        native_fps = float(stream.average_rate or stream.guessed_rate or 1.0)
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    keep = sample_frame_indices(len(frames), native_fps, args)
-    return np.stack([frames[i] for i in keep]), len(keep) / len(frames) * native_fps
+        for i, frame in enumerate(container.decode(container.streams.video[0])):
+            if i in wanted:
+                frames += [frame.to_ndarray(format="rgb24")] * wanted[i]
+            if len(frames) == len(keep):
+                break
+    if len(frames) != len(keep):
+        raise ValueError(f"video file {os.fspath(path)!r} decoded to fewer frames than its header's {total}")
+    return np.stack(frames), len(keep) / total * native_fps
 
 
 def load_video(video, args, fps: float | None = None) -> tuple[np.ndarray, float]:

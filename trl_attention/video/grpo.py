@@ -111,7 +111,8 @@ class VideoGRPOMixin:
             output = super()._generate_and_score_completions(stripped)
         finally:
             self._batch_visuals = self._forward_visuals = None
-        output["visual_inputs"] = visuals
+        # The heatmaps re-encode from _logs["visual_rows"]: the batch carries the tensors, not the uint8 frames.
+        output["visual_inputs"] = [{k: v for k, v in vis.items() if k != "video_frames"} for vis in visuals]
         self._log_visual_rows(inputs, video_batch=True)
         return output
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .encode import encode_video, vision_geometry
-from .frames import frame_count, load_video, sample_frame_indices
+from .frames import load_video, probe, sample_frame_indices
 
 __all__ = ["VIDEO_COLUMNS", "VISUAL_COLUMNS", "VideoError", "check_video_dataset", "encode_row", "row_visuals"]
 
@@ -92,12 +92,11 @@ def _check_video(i: int, video, args, fps) -> None:
         if not Path(video).is_file():
             raise VideoError(f"row {i}: video file {os.fspath(video)!r} does not exist")
         try:
-            total = frame_count(video)
-        except ImportError:
+            total, native_fps = probe(video)
+        except ImportError:  # PyAV missing: its own message says which extra to install
             raise
         except Exception as err:  # noqa: BLE001 - any decoder failure is reported with the row
             raise VideoError(f"row {i}: video file {os.fspath(video)!r} cannot be decoded: {err}") from err
-        native_fps = args.video_fps
     elif isinstance(video, (list, tuple)):
         if not video:
             raise VideoError(f"row {i}: its video has no frames")
@@ -119,10 +118,15 @@ def check_video_dataset(dataset, model, processing_class, args, name: str = "tra
     columns = getattr(dataset, "column_names", None)
     if columns is None or not any(c in columns for c in VIDEO_COLUMNS):
         return False
+    if not hasattr(dataset, "__len__"):  # streamed: the model now, each row when its batch is encoded
+        check_video_model(model, processing_class)
+        return True
     rows = _undecoded(dataset)
     found = False
     for i in range(len(rows)):
         row = rows[i]
+        if row.get("video") is not None and row.get("videos") is not None:
+            raise VideoError(f"{name} row {i}: it has both `video` and `videos`; put its videos in one of them")
         images, videos = row_visuals(row)
         if videos and not found:
             check_video_model(model, processing_class)
