@@ -1,7 +1,8 @@
 """Differentiable per-token attention capture: `capture_attention(model, num_rows=C, layer=-1)`.
 
 Records, through the hooks of `hooks.py`, the head-averaged attention rows of the last C queries of one decoder
-layer with `ops.attention_rows` (fp32 softmax, O(B*C*T) memory, recomputing backward). `backend` picks that kernel:
+layer with `ops.attention_rows` (fp32 softmax, O(B*C*T) memory, recomputing backward); `heads="all"` records every
+query head's rows instead, (B, H, C, T). `backend` picks that kernel:
 "auto" (fused Triton on CUDA when triton imports, else torch), "torch" or "triton". Any attention implementation
 is wrapped (sdpa, eager, flash-attention, flex, hub kernels): the rows are computed from q/k with the mask rebuilt
 from what that kernel was given (`ops.masks.kernel_mask`), and with its `softcap`, `s_aux` sinks and
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from typing_extensions import Self
 
-from ..ops.attention_rows import attention_rows, resolve_backend
+from ..ops.attention_rows import HEADS, attention_rows, resolve_backend
 from ..ops.masks import kernel_mask
 from .hooks import ANY, AttentionHooks, attention_hooks, flash_convention
 from .models import CaptureError, find_decoder_layers
@@ -37,10 +38,13 @@ class AttentionCapture:
     layer: int = -1
     max_heads: int | None = None
     backend: str = "auto"
+    heads: str = "mean"
     records: list = field(default_factory=list)
     _hooks: AttentionHooks | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        if self.heads not in HEADS:
+            raise CaptureError(f"capture_attention(heads={self.heads!r}): choose one of {', '.join(HEADS)}")
         self._hooks = attention_hooks(self.model, self._observe, layers=[self.layer], implementations=ANY)
         self.layer_index = self._hooks.layers[0]  # among the attention layers
         self.model_layer_index = self._hooks.model_layers[0]  # the model's own decoder layer index
@@ -108,12 +112,14 @@ class AttentionCapture:
                 softcap=kwargs.get("softcap"),
                 sinks=kwargs.get("s_aux"),
                 sliding_window=window,
+                heads=self.heads,
             )
         self.records.append(probs)
 
     @property
     def probs(self) -> torch.Tensor:
-        """(B, C, T): all recorded forwards concatenated along the batch (TRL scores a batch in chunks)."""
+        """(B, C, T) ((B, H, C, T) with heads="all"): all recorded forwards concatenated along the batch (TRL
+        scores a batch in chunks)."""
         if not self.records:
             raise CaptureError("no attention was captured: no forward of the language model ran inside the capture")
         if len(self.records) == 1:
@@ -128,7 +134,12 @@ class AttentionCapture:
 
 
 def capture_attention(
-    model: nn.Module, num_rows: int | None = None, layer: int = -1, max_heads: int | None = None, backend: str = "auto"
+    model: nn.Module,
+    num_rows: int | None = None,
+    layer: int = -1,
+    max_heads: int | None = None,
+    backend: str = "auto",
+    heads: str = "mean",
 ):
     """Context manager capturing the head-averaged attention of the last `num_rows` queries of decoder `layer`.
 
@@ -136,5 +147,6 @@ def capture_attention(
     `cap.probs` concatenates them. Rows are differentiable w.r.t. the model when grad is enabled. Entering the same
     capture again keeps accumulating; call `cap.clear()` to start over. `backend`: "auto" (fused Triton kernels on
     CUDA when triton imports, else the torch reference), "torch", or "triton" (a CaptureError where it cannot run).
+    `heads`: "mean" (the head average) or "all": one row per query head, (B, H, C, T) (GQA heads each their own).
     """
-    return AttentionCapture(model, num_rows=num_rows, layer=layer, max_heads=max_heads, backend=backend)
+    return AttentionCapture(model, num_rows=num_rows, layer=layer, max_heads=max_heads, backend=backend, heads=heads)

@@ -1,11 +1,12 @@
-"""Head-averaged attention rows, torch reference kernel + autograd Function.
+"""Head-averaged (or per-head) attention rows, torch reference kernel + autograd Function.
 
 `attention_rows(query, key, bias, scaling)` returns, for every query row given, the post-softmax attention over
-all keys averaged over heads: (B, C, T) in float32. It is the one numeric primitive of the capture layer, and its
+all keys averaged over heads: (B, C, T) in float32; with `heads="all"` one row per query head, (B, H, C, T). It is
+the one numeric primitive of the capture layer, and its
 dispatcher: `backend="triton"` runs the fused kernels of `attention_rows_triton.py` (same math, no per-head
 blocks in memory), `"torch"` this file's reference, `"auto"` Triton on CUDA when importable, else torch.
 
-Memory is O(B*C*T): heads are processed in chunks that never exceed one key/value group (or `max_heads`), and
+Memory is O(B*C*T) (O(B*H*C*T) for the per-head output): heads are processed in chunks that never exceed one key/value group (or `max_heads`), and
 the backward recomputes the softmax chunk by chunk instead of saving H*C*T probabilities.
 """
 
@@ -20,6 +21,7 @@ from .masks import RowMask
 __all__ = [
     "BACKENDS",
     "DEFAULT_MAX_HEADS",
+    "HEADS",
     "AttentionRowsFunction",
     "attention_rows",
     "normalize_mask",
@@ -28,6 +30,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "triton")
+# `heads` of `attention_rows`: "mean" -> (B, C, T) head average, "all" -> (B, H, C, T) one row per query head.
+HEADS = ("mean", "all")
 
 # Upper bound on query heads held at once: bounds the transient (max_heads, B, C, T) fp32 buffers.
 DEFAULT_MAX_HEADS = 4
@@ -106,24 +110,31 @@ class AttentionRowsFunction(torch.autograd.Function):
     """Forward: mean over heads of softmax(cap(q k^T * scaling) + bias [, sink]). Backward recomputes per chunk.
 
     Inputs: query (B, H, C, D), key (B, H_kv, T, D), bias (an additive (B|1, 1, C, T) tensor, a `RowMask`, or
-    None), scaling, max_heads, softcap (float | None), sinks ((H,) | None, differentiable). With sinks a row sums to
-    1 minus the head-mean sink share. Work goes in (row block x head chunk) pieces of at most C*T/4 elements, so
-    beyond the returned rows and their gradient forward and backward hold about one (C, T) matrix.
+    None), scaling, max_heads, softcap (float | None), sinks ((H,) | None, differentiable), per_head (bool: the
+    (B, H, C, T) rows of every query head instead of their mean). With sinks a row sums to 1 minus the (head-mean)
+    sink share. Work goes in (row block x head chunk) pieces of at most C*T/4 elements, so beyond the returned rows
+    and their gradient forward and backward hold about one (C, T) matrix.
     """
 
     @staticmethod
-    def forward(ctx, query, key, bias, scaling, max_heads, softcap=None, sinks=None):
+    def forward(ctx, query, key, bias, scaling, max_heads, softcap=None, sinks=None, per_head=False):
         batch, num_heads, rows, _ = query.shape
         mask = bias if isinstance(bias, RowMask) else RowMask.from_bias(bias)
         chunks = list(_head_chunks(num_heads, key.shape[1], max_heads))
-        out = torch.zeros(batch, rows, key.shape[2], dtype=_acc_dtype(query), device=query.device)
+        shape = (batch, num_heads, rows, key.shape[2]) if per_head else (batch, rows, key.shape[2])
+        out = torch.zeros(shape, dtype=_acc_dtype(query), device=query.device)
         for r0, r1 in _row_blocks(rows, max(h1 - h0 for _, h0, h1 in chunks)):
             block_bias, q = mask.block(r0, r1), query[:, :, r0:r1]
             for kv, h0, h1 in chunks:
-                out[:, r0:r1] += _chunk_probs(q, key, block_bias, scaling, kv, h0, h1, softcap, sinks)[0].sum(dim=1)
-        out /= num_heads
+                probs = _chunk_probs(q, key, block_bias, scaling, kv, h0, h1, softcap, sinks)[0]
+                if per_head:
+                    out[:, h0:h1, r0:r1] = probs
+                else:
+                    out[:, r0:r1] += probs.sum(dim=1)
+        if not per_head:
+            out /= num_heads
         ctx.save_for_backward(query, key, sinks, *mask.tensors())
-        ctx.mask, ctx.scaling, ctx.max_heads, ctx.softcap = mask, scaling, max_heads, softcap
+        ctx.mask, ctx.scaling, ctx.max_heads, ctx.softcap, ctx.per_head = mask, scaling, max_heads, softcap, per_head
         return out
 
     @staticmethod
@@ -139,8 +150,11 @@ class AttentionRowsFunction(torch.autograd.Function):
         chunks = list(_head_chunks(num_heads, key.shape[1], ctx.max_heads))
         for r0, r1 in _row_blocks(query.shape[2], max(h1 - h0 for _, h0, h1 in chunks)):
             block_bias, q = mask.block(r0, r1), query[:, :, r0:r1]
-            grad = (grad_out[:, r0:r1].to(acc) / num_heads).unsqueeze(1)  # (B, 1, r, T), same for every head
+            if not ctx.per_head:
+                grad = (grad_out[:, r0:r1].to(acc) / num_heads).unsqueeze(1)  # (B, 1, r, T), same for every head
             for kv, h0, h1 in chunks:
+                if ctx.per_head:  # (B, h, r, T): each head its own gradient
+                    grad = grad_out[:, h0:h1, r0:r1].to(acc)
                 probs, sink, tanh = _chunk_probs(q, key, block_bias, ctx.scaling, kv, h0, h1, softcap, sinks, True)
                 # softmax backward p * (g - sum(p * g)), as p*g - p*sum(p*g) in two passes; scaling goes on the
                 # small (r x D) / (T x D) products instead of the (h, r, T) block. A sink's own gradient is 0 (not
@@ -163,7 +177,7 @@ class AttentionRowsFunction(torch.autograd.Function):
         dq = dq.to(query.dtype) if need_q else None
         dk = dk.to(key.dtype) if need_k else None
         dsink = dsink.to(sinks.dtype) if need_sink else None
-        return dq, dk, None, None, None, None, dsink
+        return dq, dk, None, None, None, None, dsink, None
 
 
 def normalize_mask(
@@ -232,6 +246,7 @@ def attention_rows(
     softcap=None,
     sinks=None,
     sliding_window=None,
+    heads="mean",
 ):
     """Head-averaged post-softmax attention of the last `num_rows` queries: (B, C, T) float32, differentiable.
 
@@ -241,8 +256,13 @@ def attention_rows(
     `softcap`: scores -> softcap * tanh(scores / softcap) before the mask (Gemma2's attn_logit_softcapping).
     `sinks` (H,): a learned extra logit per head in the softmax denominator (GPT-OSS's `s_aux`), differentiable;
     rows then sum to 1 - mean over heads of the sink's share. `sliding_window` w: a query at position p sees the
-    keys in (p - w, p] (applied with a None or 2D mask; a 4D mask already holds it).
+    keys in (p - w, p] (applied with a None or 2D mask; a 4D mask already holds it). `heads`: "mean" (the head
+    average, (B, C, T)) or "all": (B, H, C, T), the rows of every query head (GQA: query heads sharing a key/value
+    head each get their own row; with sinks each row sums to 1 minus that head's sink share); both backends.
     """
+    if heads not in HEADS:
+        raise ValueError(f"unknown attention-rows heads {heads!r}; choose one of {', '.join(HEADS)}")
+    per_head = heads == "all"
     batch, _, q_len, head_dim = query.shape
     rows = q_len if num_rows is None else min(int(num_rows), q_len)
     scaling = head_dim**-0.5 if scaling is None else float(scaling)
@@ -251,7 +271,7 @@ def attention_rows(
     if resolve_backend(backend, query.device) == "triton":
         module, _ = _triton_module()
         if query.dtype in module.SUPPORTED_DTYPES and key.dtype == query.dtype:
-            extras = {"softcap": softcap, "sinks": sinks, "sliding_window": sliding_window}
+            extras = {"softcap": softcap, "sinks": sinks, "sliding_window": sliding_window, "per_head": per_head}
             return module.attention_rows_triton(q_rows, key, attention_mask, scaling, causal, **extras)
         reason = f"dtypes {query.dtype}/{key.dtype} (Triton kernels take matching fp16, bf16 or fp32)"
         if reason not in _warned:
@@ -259,4 +279,5 @@ def attention_rows(
             logger.warning("attention rows: falling back to the torch backend for %s", reason)
     bias = RowMask(attention_mask, rows, key.shape[2], causal, sliding_window, query.device)
     softcap = None if softcap is None else float(softcap)
-    return AttentionRowsFunction.apply(q_rows, key, bias, scaling, max_heads or DEFAULT_MAX_HEADS, softcap, sinks)
+    max_heads = max_heads or DEFAULT_MAX_HEADS
+    return AttentionRowsFunction.apply(q_rows, key, bias, scaling, max_heads, softcap, sinks, per_head)

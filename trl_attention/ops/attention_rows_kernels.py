@@ -48,6 +48,7 @@ def _stats_kernel(
     WINDOW: tl.constexpr,
     SOFTCAP: tl.constexpr,
     SINK: tl.constexpr,
+    PER_HEAD: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -101,6 +102,7 @@ def _probs_kernel(
     s_kt,
     s_kd,
     s_ob,
+    s_oh,
     s_oc,
     s_ot,
     s_keep_b,
@@ -119,6 +121,7 @@ def _probs_kernel(
     WINDOW: tl.constexpr,
     SOFTCAP: tl.constexpr,
     SINK: tl.constexpr,
+    PER_HEAD: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -149,6 +152,8 @@ def _probs_kernel(
     if WINDOW:  # ... and so is a tile wholly before the window of the block's first row
         num_kv = tl.where(pid_t * BLOCK_T + BLOCK_T <= _key_start(pid_c * BLOCK_C, C, T, window, WINDOW), 0, num_kv)
     acc = tl.zeros((BLOCK_C, BLOCK_T), tl.float32)
+    out_mask = (rows < C)[:, None] & (keys < T)[None, :]
+    tile_offsets = rows[:, None] * s_oc + keys[None, :] * s_ot
     for kv in range(num_kv):
         k_t = tl.trans(_tile(K + b * s_kb + kv * s_kh, keys, T, s_kt, dims, D, s_kd))
         for j in range(GROUP):  # the heads sharing this key tile
@@ -156,9 +161,13 @@ def _probs_kernel(
             q = _tile(Q + b * s_qb + h * s_qh, rows, C, s_qc, dims, D, s_qd)
             row_max, inv_sum = _load_stats(STATS, b * H + h, C, rows)
             scores, _ = _scores(q, k_t, scaling, softcap, SOFTCAP, UPCAST, PREC)
-            acc += tl.exp(scores + bias - row_max[:, None]) * inv_sum[:, None]
-    out_ptrs = OUT + b * s_ob + rows[:, None] * s_oc + keys[None, :] * s_ot
-    tl.store(out_ptrs, acc / H, mask=(rows < C)[:, None] & (keys < T)[None, :])
+            p = tl.exp(scores + bias - row_max[:, None]) * inv_sum[:, None]
+            if PER_HEAD:  # OUT is a contiguous (B, H, C, T): head h of batch b at (b * H + h) * s_oh
+                tl.store(OUT + (b * H + h) * s_oh + tile_offsets, p, mask=out_mask)
+            else:
+                acc += p
+    if not PER_HEAD:
+        tl.store(OUT + b * s_ob + tile_offsets, acc / H, mask=out_mask)
 
 
 @triton.jit
@@ -185,6 +194,7 @@ def _dq_kernel(
     s_kt,
     s_kd,
     s_gb,
+    s_gh,
     s_gc,
     s_gt,
     s_keep_b,
@@ -202,6 +212,7 @@ def _dq_kernel(
     WINDOW: tl.constexpr,
     SOFTCAP: tl.constexpr,
     SINK: tl.constexpr,
+    PER_HEAD: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -214,10 +225,10 @@ def _dq_kernel(
     rows, dims = pid_c * BLOCK_C + tl.arange(0, BLOCK_C), tl.arange(0, BLOCK_D)
     q = _tile(Q + b * s_qb + h * s_qh, rows, C, s_qc, dims, D, s_qd)
     row_max, inv_sum = _load_stats(STATS, pid_bh, C, rows)
-    k_base, g_base = K + b * s_kb + (h // GROUP) * s_kh, G + b * s_gb
+    k_base, g_base = K + b * s_kb + (h // GROUP) * s_kh, G + b * s_gb + h.to(tl.int64) * s_gh  # s_gh 0: mean
     first, end = _key_start(pid_c * BLOCK_C, C, T, window, WINDOW), _key_end(pid_c * BLOCK_C, C, T, CAUSAL, BLOCK_C)
     delta = tl.zeros((BLOCK_C,), tl.float32)
-    for start in range(first, end, BLOCK_T):  # pass 1: delta = sum_t p * g / H
+    for start in range(first, end, BLOCK_T):  # pass 1: delta = sum_t p * g (g / H for the mean)
         keys = start + tl.arange(0, BLOCK_T)
         s, _ = _scores(
             q, tl.trans(_tile(k_base, keys, T, s_kt, dims, D, s_kd)), scaling, softcap, SOFTCAP, UPCAST, PREC
@@ -263,6 +274,7 @@ def _dk_kernel(
     s_kt,
     s_kd,
     s_gb,
+    s_gh,
     s_gc,
     s_gt,
     s_keep_b,
@@ -281,6 +293,7 @@ def _dk_kernel(
     WINDOW: tl.constexpr,
     SOFTCAP: tl.constexpr,
     SINK: tl.constexpr,
+    PER_HEAD: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -302,9 +315,12 @@ def _dk_kernel(
     for row_start in range(first, last, BLOCK_C):
         rows = row_start + tl.arange(0, BLOCK_C)
         bias = _mask_tile(rows, keys, C, T, keep, dense, s_den_c, s_den_t, window, CAUSAL, KEY_PAD, DENSE_KIND, WINDOW)
-        g = _tile(G + b * s_gb, rows, C, s_gc, keys, T, s_gt).to(tl.float32) * inv_heads  # shared by the group
+        if not PER_HEAD:  # the head mean's gradient is shared by the group
+            g = _tile(G + b * s_gb, rows, C, s_gc, keys, T, s_gt).to(tl.float32) * inv_heads
         for j in range(GROUP):
             h = kv * GROUP + j
+            if PER_HEAD:
+                g = _tile(G + b * s_gb + h.to(tl.int64) * s_gh, rows, C, s_gc, keys, T, s_gt).to(tl.float32)
             q = _tile(Q + b * s_qb + h * s_qh, rows, C, s_qc, dims, D, s_qd)
             row_max, inv_sum = _load_stats(STATS, b * H + h, C, rows)
             delta = tl.load(DELTA + (b * H + h) * C + rows, mask=rows < C, other=0)

@@ -1,4 +1,4 @@
-"""Fused Triton kernels for head-averaged attention rows: forward and backward, FlashAttention-style.
+"""Fused Triton kernels for head-averaged (or per-head) attention rows: forward and backward, FlashAttention-style.
 
 Same math as `AttentionRowsFunction` (the torch reference in `attention_rows.py`), but no per-head probability block
 ever reaches GPU memory: scores are recomputed tile by tile in on-chip memory.
@@ -10,7 +10,8 @@ Forward, two kernels:
      Rows with no visible key store 1/sum = 0, so their probabilities come out 0 as in the torch reference.
   2. `_probs_kernel`, one program per (row block, key tile, batch): loops over all heads (GQA: each key tile is
      loaded once per key/value group), adds exp(s - m) / sum into an on-chip accumulator and writes the (B, C, T)
-     head mean once. Output written once, no atomics, deterministic.
+     head mean once. Output written once, no atomics, deterministic. PER_HEAD (`per_head=True`): each head's
+     tile is stored to the (B, H, C, T) output instead of being summed.
 Backward (dL/dprobs g, per head: ds = p * (g/H - delta) * scaling, delta = sum_t p * g/H):
   3. `_dq_kernel`, per (row block, batch*head): pass 1 over key tiles computes delta (stored, (B, H, C)), pass 2
      computes ds and dq = ds @ k. Two passes rather than dq = scaling*(sum p g k - delta sum p k) in one: the same
@@ -18,6 +19,7 @@ Backward (dL/dprobs g, per head: ds = p * (g/H - delta) * scaling, delta = sum_t
      has a large common offset (which softmax ignores).
   4. `_dk_kernel`, per (key tile, batch*kv head): loops over row blocks and the heads of its group, recomputes
      p from the stats, dk += ds^T @ q. Each dk tile is owned by one program: no atomics, deterministic.
+With PER_HEAD g is (B, H, C, T), read per head and not divided by H (in the mean it is shared: head stride 0).
 Causal masks skip key tiles (forward, dq) and row blocks (dk) that are entirely masked.
 
 Masks are passed compactly: causality is a flag (bottom-right aligned like `normalize_mask`), a 2D padding mask
@@ -104,7 +106,8 @@ def _device(tensor):
 
 
 class TritonAttentionRowsFunction(torch.autograd.Function):
-    """`AttentionRowsFunction` with fused kernels. Saves q, k, masks and the (B, H, 2, C) stats; never H*C*T."""
+    """`AttentionRowsFunction` with fused kernels. Saves q, k, masks and the (B, H, 2, C) stats; never H*C*T
+    (`per_head`: the output itself is (B, H, C, T))."""
 
     @staticmethod
     def forward(
@@ -121,6 +124,7 @@ class TritonAttentionRowsFunction(torch.autograd.Function):
         softcap=None,
         sinks=None,
         window=None,
+        per_head=False,
     ):
         batch, heads, rows, dim = query.shape
         kv_heads, length = key.shape[1], key.shape[2]
@@ -129,12 +133,15 @@ class TritonAttentionRowsFunction(torch.autograd.Function):
         cfg = _config(query, block_rows, block_keys)
         flags = {"CAUSAL": bool(causal), "KEY_PAD": key_keep is not None, "DENSE_KIND": dense_kind}
         flags.update(WINDOW=window is not None, SOFTCAP=softcap is not None, SINK=sinks is not None, **cfg)
+        flags["PER_HEAD"] = bool(per_head)
         sink_values = sinks.detach().float().contiguous() if sinks is not None else None
         masks, mask_strides = _mask_args(query, key_keep, dense)
         masks = (*masks, sink_values if sink_values is not None else masks[1])
         extras = (float(softcap or 1.0), int(window or 0))
         stats = torch.empty(batch, heads, 2, rows, dtype=torch.float32, device=query.device)
-        out = torch.zeros(batch, rows, length, dtype=torch.float32, device=query.device)
+        shape = (batch, heads, rows, length) if per_head else (batch, rows, length)
+        out = torch.zeros(shape, dtype=torch.float32, device=query.device)  # contiguous: the kernel relies on it
+        out_strides = out.stride() if per_head else (out.stride(0), 0, *out.stride()[1:])
         sizes = (heads, rows, length, dim, heads // kv_heads)
         if out.numel():
             blocks_c, qk = triton.cdiv(rows, cfg["BLOCK_C"]), (*query.stride(), *key.stride())
@@ -151,7 +158,7 @@ class TritonAttentionRowsFunction(torch.autograd.Function):
                     scaling,
                     *extras,
                     *qk,
-                    *out.stride(),
+                    *out_strides,
                     *mask_strides,
                     heads,
                     kv_heads,
@@ -171,12 +178,14 @@ class TritonAttentionRowsFunction(torch.autograd.Function):
         masks, mask_strides = _mask_args(query, key_keep, dense)
         masks = (*masks, sink_values if sink_values is not None else masks[1])
         grad = grad_out if grad_out.dtype == torch.float32 else grad_out.float()
-        strides = (*query.stride(), *key.stride(), *grad.stride(), *mask_strides)
+        per_head = flags["PER_HEAD"]
+        grad_strides = grad.stride() if per_head else (grad.stride(0), 0, *grad.stride()[1:])  # head stride 0
+        strides = (*query.stride(), *key.stride(), *grad_strides, *mask_strides)
         dq = torch.zeros_like(query)  # computed even when only dk is asked for: its pass 1 yields delta
         delta = torch.zeros(batch, heads, rows, dtype=torch.float32, device=query.device)
         dk = torch.zeros_like(key) if need_k else None
         if grad.numel():
-            args = (ctx.scaling, *ctx.extras, 1.0 / heads, *strides)
+            args = (ctx.scaling, *ctx.extras, 1.0 if per_head else 1.0 / heads, *strides)
             with _device(query):
                 _dq_kernel[(triton.cdiv(rows, flags["BLOCK_C"]), batch * heads)](
                     query,
@@ -217,7 +226,7 @@ class TritonAttentionRowsFunction(torch.autograd.Function):
             row_max, inv_sum = stats[:, :, 0], stats[:, :, 1]
             p_sink = torch.exp(sink_values[None, :, None] - row_max) * inv_sum
             dsink = -(p_sink * delta).sum(dim=(0, 2)).to(sinks.dtype)
-        return (dq if need_q else None, dk) + (None,) * 8 + (dsink, None)
+        return (dq if need_q else None, dk) + (None,) * 8 + (dsink, None, None)
 
 
 def attention_rows_triton(
@@ -232,11 +241,13 @@ def attention_rows_triton(
     softcap=None,
     sinks=None,
     sliding_window=None,
+    per_head=False,
 ):
     """(B, C, T) fp32 head-mean probabilities of `q_rows` (B, H, C, D) over `key` (B, H_kv, T, D), differentiable.
 
     `attention_mask` / `is_causal` / `sliding_window` as in `normalize_mask` (is_causal already False for
-    single-token queries); `softcap` and `sinks` (H,) as in `attention_rows`.
+    single-token queries); `softcap` and `sinks` (H,) as in `attention_rows`. `per_head`: (B, H, C, T), every
+    query head's rows (`attention_rows(..., heads="all")`).
     """
     causal, key_keep, dense, kind = compact_mask(attention_mask, q_rows.shape[2], key.shape[2], is_causal)
     if sliding_window is not None and (dense is not None or key.shape[2] <= sliding_window):
@@ -244,5 +255,5 @@ def attention_rows_triton(
     blocks = (block_rows, block_keys)
     softcap = None if softcap is None else float(softcap)
     return TritonAttentionRowsFunction.apply(
-        q_rows, key, key_keep, dense, kind, causal, scaling, *blocks, softcap, sinks, sliding_window
+        q_rows, key, key_keep, dense, kind, causal, scaling, *blocks, softcap, sinks, sliding_window, per_head
     )

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from ..distill.arguments import _parent_post_init, check_capture_checkpointing, check_weight
 
-__all__ = ["RALArguments"]
+__all__ = ["ATTN_HEADS", "RALArguments"]
+
+ATTN_HEADS = ("mean", "per_head")  # `attn_heads`: the head-averaged distribution's divergence, or per head
 
 
 @dataclass
@@ -42,6 +44,15 @@ class RALArguments:
             "KL(p_old || p_theta) (TRPO's direction), 'reverse_kl' = KL(p_theta || p_old)."
         },
     )
+    attn_heads: str = field(
+        default="mean",
+        metadata={
+            "help": "How RAL's term treats attention heads (one of the paper's open questions): 'mean' (the paper) "
+            "= the divergence of the head-averaged distribution; 'per_head' = the divergence computed per query "
+            "head and averaged over heads (p_old then travels as (B, H, C, T), H times the memory). Attention "
+            "rewards, metrics and distillation keep the head average."
+        },
+    )
     freeze_vision_tower: bool = field(
         default=False,
         metadata={
@@ -55,6 +66,8 @@ class RALArguments:
 
         if self.attn_divergence not in DIVERGENCES:
             raise ValueError(f"attn_divergence must be one of {sorted(DIVERGENCES)}, got {self.attn_divergence!r}")
+        if self.attn_heads not in ATTN_HEADS:
+            raise ValueError(f"attn_heads must be one of {list(ATTN_HEADS)}, got {self.attn_heads!r}")
         if self.attn_layers is not None:
             layers = [int(layer) for layer in self.attn_layers]
             if not layers or len(set(layers)) != len(layers):

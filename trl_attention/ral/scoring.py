@@ -4,7 +4,8 @@ TRL's `_generate_and_score_completions` runs at most one forward of the policy o
 rewards (the old-logps forward, when TRL needs it). `ScoringCaptureMixin` captures the final-layer attention
 inside that forward; when TRL runs none and p_old or a reward needs attention, the mixin runs exactly one forward
 itself (`_scoring_forward`). p_old travels in the batch dict as `old_attention_probs`, so TRL's shuffling and
-splitting keep it aligned. The reference model's forward is never captured (it is a different model, or the same
+splitting keep it aligned (whatever its trailing dims: (B, C, T), per layer (B, L, C, T), per head (B, H, C, T) or
+(B, L, H, C, T)). The reference model's forward is never captured (it is a different model, or the same
 one with its adapter disabled).
 """
 
@@ -21,7 +22,8 @@ __all__ = ["ScoringCaptureMixin", "old_attention"]
 
 
 def old_attention(caps: dict, layers: list[int]) -> torch.Tensor:
-    """(B, C, T) for one RAL layer (the paper's case), (B, L, C, T) for `attn_layers` (in their order)."""
+    """(B, C, T) for one RAL layer (the paper's case), (B, L, C, T) for `attn_layers` (in their order); with
+    per-head captures (B, H, C, T) and (B, L, H, C, T)."""
     if len(layers) == 1:
         return caps[layers[0]].probs
     return torch.stack([caps[layer].probs for layer in layers], dim=1)
@@ -30,12 +32,16 @@ def old_attention(caps: dict, layers: list[int]) -> torch.Tensor:
 class ScoringCaptureMixin:
     """Mix into a GRPOTrainer subclass before it; call `_init_scoring_capture(...)` in `__init__`."""
 
-    def _init_scoring_capture(self, layer: int, needs_old_attention: bool, for_rewards: bool, old_layers=None) -> None:
+    def _init_scoring_capture(
+        self, layer: int, needs_old_attention: bool, for_rewards: bool, old_layers=None, old_heads: str = "mean"
+    ) -> None:
         """`needs_old_attention`: keep p_old for RAL (of `old_layers`, default [layer]); `for_rewards`: rewards
-        read the capture of `layer` (with entropies)."""
+        read the capture of `layer` (with entropies). `old_heads`: "mean" (head-averaged p_old) or "all"
+        (per head, RAL's attn_heads="per_head"); the rewards always get the head average."""
         self._scoring_layer = layer
         self._old_layers = list(old_layers) if old_layers else [layer]
         self._scoring_layers = list(dict.fromkeys([layer, *self._old_layers]))
+        self._old_heads = old_heads
         self._needs_old_attention = needs_old_attention
         self._scoring_for_rewards = for_rewards
         self._scoring_pending = False
@@ -53,14 +59,17 @@ class ScoringCaptureMixin:
             kwargs["compute_entropy"] = True  # TRL ignores them for old logps; rewards select tokens by entropy
         with contextlib.ExitStack() as stack:
             caps = {
-                layer: stack.enter_context(capture_attention(model, num_rows=logits_to_keep, layer=layer))
+                layer: stack.enter_context(
+                    capture_attention(model, num_rows=logits_to_keep, layer=layer, heads=self._layer_heads(layer))
+                )
                 for layer in self._scoring_layers
             }
             result = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
+        probs = caps[self._scoring_layer].probs
         self._scoring = {
-            "probs": caps[self._scoring_layer].probs,
+            "probs": probs if self._layer_heads(self._scoring_layer) == "mean" else probs.mean(1),
             "old_probs": old_attention(caps, self._old_layers),
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -70,6 +79,10 @@ class ScoringCaptureMixin:
             "num_images": kwargs.get("num_images"),
         }
         return result
+
+    def _layer_heads(self, layer: int) -> str:
+        """The capture's `heads` for a scoring layer: per head only for a p_old layer of a per-head RAL term."""
+        return self._old_heads if layer in self._old_layers and self._needs_old_attention else "mean"
 
     def _generate_and_score_completions(self, inputs):
         if not (self._needs_old_attention or self._scoring_for_rewards):

@@ -1,6 +1,8 @@
 """RAL (Reinforced Attention Learning): GRPO plus an advantage-weighted JSD on final-layer attention.
 
-L = L_GRPO + attn_coef * masked_mean_t( A_t * JSD(p_theta^t || p_old^t) ), PAPERS.md section 1.
+L = L_GRPO + attn_coef * masked_mean_t( A_t * JSD(p_theta^t || p_old^t) ), PAPERS.md section 1. Ablations:
+`attn_layers` (averaged over layers), `attn_divergence` (KL either way), `attn_heads="per_head"` (the divergence
+per query head, averaged over heads; p_old then (B, H, C, T)).
 
 How it rides on TRL without copying its methods:
 - p_old: `ScoringCaptureMixin` (scoring.py) captures inside TRL's own old-logps forward. When TRL skips that
@@ -75,6 +77,7 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
         self.attn_layer = int(getattr(self.args, "attn_layer", AttentionGRPOConfig.attn_layer))
         self.attn_layers = list(getattr(self.args, "attn_layers", None) or [self.attn_layer])  # RAL's term
         self.attn_divergence = getattr(self.args, "attn_divergence", "jsd")
+        self.attn_heads = getattr(self.args, "attn_heads", "mean")  # "per_head": the term per query head
         # The policy is captured only for RAL's term, an attention reward or attention distillation: otherwise no
         # decoder layer is looked up (plain GRPO on any model GRPOTrainer trains, hybrids included).
         rewards_attention = any(getattr(func, "requires_attention", False) for func in self.reward_funcs)
@@ -88,7 +91,11 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
         self.add_callback(DistributedChecksCallback(self))  # batch sizes, ZeRO-3 gathering, teacher size at train()
         self._init_reward_attention()
         self._init_scoring_capture(
-            self.attn_layer, self.attn_coef != 0, bool(self._attention_reward_indices), self.attn_layers
+            self.attn_layer,
+            self.attn_coef != 0,
+            bool(self._attention_reward_indices),
+            self.attn_layers,
+            old_heads="all" if self.attn_heads == "per_head" else "mean",
         )
         self._set_model_card_methods()
         if self.attn_coef != 0:
@@ -121,9 +128,11 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
         if not layers and self.teacher_model is None:
             return super()._compute_loss(model, inputs)
         rows = inputs["completion_ids"].size(1)
+        per_head = self.attn_heads == "per_head" and self.attn_coef != 0
+        heads = {layer: "all" if per_head and layer in self.attn_layers else "mean" for layer in layers}
         with contextlib.ExitStack() as stack:
             caps = {
-                layer: stack.enter_context(capture_attention(model, num_rows=rows, layer=layer))
+                layer: stack.enter_context(capture_attention(model, num_rows=rows, layer=layer, heads=heads[layer]))
                 for layer in dict.fromkeys(layers)
             }
             hidden = (
@@ -132,6 +141,8 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
             loss = super()._compute_loss(model, inputs)
         if self.teacher_model is not None:
             student = caps[self.attn_layer].probs if distill else None
+            if student is not None and heads[self.attn_layer] == "all":  # distillation keeps the head average
+                student = student.mean(1)
             loss = loss + self._teacher_loss(inputs, student, hidden).to(loss.dtype)
         if self.attn_coef == 0:
             return loss
@@ -139,17 +150,23 @@ class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptur
         old = inputs.get("old_attention_probs")
         if old is not None:
             old = old.to(probs[0].device)
-            old = [old] if old.dim() == 3 else list(old.unbind(1))
+            old = [old] if old.dim() == probs[0].dim() else list(old.unbind(1))  # one layer, or (B, L, ...)
             if len(old) != len(probs) or old[0].shape != probs[0].shape:
                 shape = (len(old), *old[0].shape)
                 raise RuntimeError(
                     f"old_attention_probs holds {shape}, expected {len(probs)} x {tuple(probs[0].shape)}"
                 )
+        batch, head_mean = probs[0].shape[0], probs[0].detach().mean(1) if per_head else None
+        if per_head:  # (B, H, C, T) per layer: the policies and divergences of the B * H head rows
+            probs = [p.flatten(0, 1) for p in probs]
+            old = None if old is None else [p.flatten(0, 1) for p in old]
         p_theta = [attention_policy(p) for p in probs]
         p_old = [p.detach() for p in p_theta] if old is None else [attention_policy(p) for p in old]
-        per_token = torch.stack(  # (B, C): the divergence averaged over the RAL layers
-            [attention_divergence(self.attn_divergence, pt, po) for pt, po in zip(p_theta, p_old)]
-        ).mean(0)
+        divergences = [attention_divergence(self.attn_divergence, pt, po) for pt, po in zip(p_theta, p_old)]
+        if per_head:  # (B * H, C) -> (B, C): the mean over query heads of the per-head divergence
+            divergences = [d.unflatten(0, (batch, -1)).mean(1) for d in divergences]
+            probs, p_theta = [head_mean], [attention_policy(head_mean)]  # metrics read the head average
+        per_token = torch.stack(divergences).mean(0)  # (B, C): the divergence averaged over the RAL layers
         advantages = inputs["advantages"]
         advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
         mask = loss_mask(inputs).to(per_token.dtype)
