@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from evidence_data import FORMATS, make_distractor_dataset  # noqa: E402
-from evidence_measure import box_token_share, evaluate  # noqa: E402
+from trl_attention.evaluation import box_token_share, evaluate  # noqa: E402
 from evidence_report import markdown_table, plot, summarise, write_json  # noqa: E402
 from evidence_train import ABLATION_ARMS, ARMS, load, train_rl, train_sft  # noqa: E402
 

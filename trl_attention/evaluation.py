@@ -1,4 +1,5 @@
-"""Held-out measurement of `benchmarks/evidence.py`: greedy accuracy, and where the answer tokens look.
+"""Held-out measurement of a grounding VLM (the demo and `benchmarks/evidence.py`): greedy accuracy, and where the
+answer tokens look.
 
 For each held-out row: greedy generation, exact-match accuracy (`trl_attention.rewards.accuracy_reward`), then one
 captured forward over prompt + completion (`trl_attention.plotting.capture_image_attention`, the demo's heatmap

@@ -26,6 +26,8 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from .capture import capture_attention, spatial_merge_size, unwrap_model
+from .layouts import visual_layout
+from .sayo.checks import _prompt_text  # the text parts of a conversational prompt (for the figure title)
 from .sayo.regions import visual_token_positions
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "attention_heatmap",
     "capture_image_attention",
     "capture_video_attention",
+    "image_token_grids",
     "overlay_heatmap",
     "overlay_video_strip",
     "plot_heatmap",
@@ -111,20 +114,6 @@ def plot_metrics(history: list[dict], path) -> str:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path)
-
-
-def _prompt_text(prompt) -> str:
-    """The text parts of a conversational prompt (for the figure title)."""
-    if isinstance(prompt, str):
-        return prompt
-    parts = []
-    for message in prompt:
-        content = message["content"]
-        if isinstance(content, str):
-            parts.append(content)
-        else:
-            parts += [p["text"] for p in content if p.get("type") == "text" and p.get("text")]
-    return " ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------ heatmaps
@@ -221,14 +210,14 @@ def capture_image_attention(
 
     Query tokens: each completion token (its own position, as RAL's attention policy reads it); without a
     completion, the last prompt token (the position that predicts the first answer token). `image`: a PIL image
-    or the list of the prompt's images.
+    or the list of the prompt's images. The token grid is the model family's (`trl_attention.layouts`): tiled
+    layouts raise a `LayoutError` naming the class.
     """
+    layout = visual_layout(model, processor)  # before the forward: an unsupported layout fails first
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     images = [im.convert("RGB") for im in images]
     text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     inputs = dict(processor(text=[text], images=images, return_tensors="pt"))
-    if "image_grid_thw" not in inputs:
-        raise ValueError("capture_image_attention needs a Qwen2/2.5/3-VL-style processor (it reads image_grid_thw)")
     prompt_length = inputs["input_ids"].shape[1]
     tokenizer = getattr(processor, "tokenizer", processor)
     ids = tokenizer(completion, add_special_tokens=False)["input_ids"] if completion else []
@@ -238,20 +227,33 @@ def capture_image_attention(
             if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == prompt_length:
                 fill = extra if key == "input_ids" else torch.ones_like(extra) if key == "attention_mask" else None
                 inputs[key] = torch.cat([value, fill if fill is not None else torch.zeros_like(extra)], dim=1)
-    rows = _query_rows(model, inputs, len(ids), layer)
-    config = unwrap_model(model).config
-    merge = spatial_merge_size(model, processor)
-    grids_thw = inputs["image_grid_thw"].tolist()
-    blocks = visual_token_positions(inputs["input_ids"][0], config.image_token_id, grids_thw, merge)
-    if blocks is None or not 0 <= image_index < len(blocks):
-        raise ValueError(f"no visual tokens for image {image_index} (found {len(blocks or [])} image blocks)")
-    grids = token_grid(rows, blocks[image_index], grids_thw[image_index], merge)
+    if 0 <= image_index < len(images):
+        layout.check_image(images[image_index].size, f"image {image_index}")
+    grids = image_token_grids(model, inputs, max(len(ids), 1), layer, image_index, prompt_length=prompt_length)
     labels = [tokenizer.decode([i]) for i in ids] if ids else ["<last prompt token>"]
     return ImageAttention(grids=grids, tokens=labels, image=images[image_index], prompt_length=prompt_length)
 
 
-def _query_rows(model, inputs: dict, n_completion: int, layer: int) -> torch.Tensor:
-    """One eval-mode captured forward: the (n, T) rows of the completion tokens (the last prompt token without)."""
+@torch.no_grad()
+def image_token_grids(
+    model, inputs: dict, num_rows: int = 1, layer: int = -1, image_index: int = 0, sample: int = 0, prompt_length=None
+) -> np.ndarray:
+    """(num_rows, rows, cols): the captured attention of the last `num_rows` positions of batch row `sample` over
+    the token grid of its image `image_index`, for model inputs as the processor returns them (left padding is
+    fine). The grid is the model family's (`trl_attention.layouts`); placeholders are looked for in the first
+    `prompt_length` positions (default all). Tiled layouts raise a `LayoutError` naming the class."""
+    layout = visual_layout(model)
+    grids = layout.sample_grids(inputs["input_ids"][:, :prompt_length], layout.grids(inputs))[sample]
+    blocks = layout.blocks(inputs["input_ids"][sample, :prompt_length].cpu(), grids)
+    if blocks is None or not 0 <= image_index < len(blocks):
+        raise ValueError(f"no visual tokens for image {image_index} (found {len(blocks or [])} image blocks)")
+    rows = _query_rows(model, inputs, num_rows, layer, sample)
+    return token_grid(rows, blocks[image_index], grids[image_index], layout.merge)
+
+
+def _query_rows(model, inputs: dict, n_completion: int, layer: int, sample: int = 0) -> torch.Tensor:
+    """One eval-mode captured forward: the (n, T) rows of the completion tokens (the last prompt token without) of
+    batch row `sample`."""
     device = next(model.parameters()).device
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     was_training = model.training
@@ -261,7 +263,7 @@ def _query_rows(model, inputs: dict, n_completion: int, layer: int) -> torch.Ten
             model(**inputs)
     finally:
         model.train(was_training)
-    return cap.probs[0] if n_completion else cap.probs[0][-1:]
+    return cap.probs[sample] if n_completion else cap.probs[sample][-1:]
 
 
 @dataclass

@@ -15,8 +15,10 @@ from trl_attention.tiny.families import (
     build_tiny_family,
     dummy_inputs,
 )
+from trl_attention.tiny.families_vlm import IMAGE_TOKENS
 
 FAMILIES = available_families()
+_TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 HYBRIDS = [f for f in HYBRID_FAMILIES if f in FAMILIES]
 VLMS = [f for f in VLM_FAMILIES if f in FAMILIES]
 
@@ -77,6 +79,10 @@ def test_kernel_options_name_softcap_and_sinks():
 @pytest.mark.parametrize("name", VLMS)
 def test_visual_token_ids_know_each_family(name):
     model, inputs = build_tiny_family(name)
-    expected = [5, 6] if name == "qwen3_5_vl" else [5]
+    expected = [5, 6] if name in ("qwen3_5_vl", "gemma4", "llava_onevision") else [5]  # these have video tokens
     assert visual_token_ids(model) == expected
-    assert (inputs["input_ids"] == 5).sum() == 8  # the builders' image placeholders match the vision tower's output
+    per_row = IMAGE_TOKENS.get(name, 4)  # the builders' image placeholders match the vision tower's output
+    assert (inputs["input_ids"] == 5).sum() == 2 * per_row
+    features = model.get_image_features(**{k: v for k, v in inputs.items() if k not in _TEXT_KEYS}).pooler_output
+    features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
+    assert features.reshape(-1, features.shape[-1]).shape[0] == 2 * per_row

@@ -197,16 +197,19 @@ def test_trainer_validates_dict_eval_datasets_with_its_processor(tmp_path):
 
 
 def test_region_reward_on_a_model_without_qwen_grids_fails_at_construction(tmp_path):
-    """LLaVA has fixed patch grids and no image_grid_thw: without this check every completion would score None."""
+    """InternVL lays its image tokens out as tiles (no known grid): without this check every completion would score
+    None. (Fixed grids such as LLaVA's are supported: tests/test_vlm_layouts.py.)"""
     from trl_attention.tiny import build_tokenizer
     from trl_attention.tiny.families import available_families, build_tiny_family
 
-    if "llava" not in available_families():
-        pytest.skip("this transformers version has no LLaVA")
-    model, _ = build_tiny_family("llava")
+    if "internvl" not in available_families():
+        pytest.skip("this transformers version has no InternVL")
+    model, _ = build_tiny_family("internvl")
     args = trainer_args(AttentionGRPOConfig, tmp_path, attn_coef=0.0)
     with pytest.raises(
-        ValueError, match=r"region_attention maps boxes .*image_grid_thw.*LlavaForConditionalGeneration"
+        ValueError,
+        match=r"region_attention maps boxes to visual tokens, and cannot here: InternVLForConditionalGeneration lays "
+        r"its image tokens out as tiles",
     ):
         AttentionGRPOTrainer(
             model=model,

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from ..capture import spatial_merge_size, unwrap_model
+from ..layouts import LayoutError, VisualLayout, visual_layout
 from ..trl_internals import pad
-from .checks import first_video_row
+from .checks import first_rows, first_video_row, open_image, row_images, row_name
 from .regions import visual_token_positions
 
-__all__ = ["CompletionAttention", "RewardAttentionMixin"]
+__all__ = ["CompletionAttention", "RewardAttentionMixin", "completion_attention"]
 
 
 @dataclass
@@ -28,11 +29,58 @@ class CompletionAttention:
 
     rows: torch.Tensor  # (n, L): final-layer head-averaged attention of the n completion tokens over all L positions
     image_positions: list | None  # per image, its visual-token positions (row-major, frame-major); None: truncated
-    image_grids: list  # per image, (t, h, w) in patches
+    image_grids: list  # per image, (t, h, w) in patches (a fixed layout's (1, rows, cols) with merge_size 1)
     entropies: torch.Tensor | None  # (n,): policy entropy of each completion token at the sampling temperature
     merge_size: int
     prompt_length: int
     video_tokens: int = 0  # video placeholders in the prompt: rewards that map image regions must refuse them
+    layout: VisualLayout | None = None  # the model's image layout (`trl_attention.layouts`); None: unknown
+
+
+def completion_attention(model, scoring: dict, layout: VisualLayout | None = None) -> list:
+    """Split a captured scoring batch into one CompletionAttention per completion, padding removed; the image
+    blocks are located through `layout` (`visual_layout(model)`; None: a model without a known layout, whose
+    prompts with image tokens get `image_positions=None`).
+
+    `scoring`: `probs` (B, C, T) captured rows, `input_ids` / `attention_mask` (B, T) of [left-padded prompt |
+    right-padded completion], `rows` = C, `entropies` (B, C) or None, and the batch's `image_grid_thw` /
+    `image_position_ids` with `num_images` (per sample) where the layout reads them."""
+    config = unwrap_model(model).config
+    image_token = getattr(config, "image_token_id", getattr(config, "image_token_index", None))
+    video_token = getattr(config, "video_token_id", None)
+    merge = layout.merge if layout is not None else spatial_merge_size(model)
+    rows_total, items = scoring["rows"], []
+    prompts = []
+    for i in range(scoring["input_ids"].size(0)):
+        keep = scoring["attention_mask"][i].bool()
+        prompt_length = int(keep.sum() - keep[-rows_total:].sum())
+        prompts.append(scoring["input_ids"][i][keep][:prompt_length].cpu())  # images live in the prompt
+    if layout is not None:
+        ids = pad(prompts, padding_value=-1, padding_side="left") if prompts else scoring["input_ids"]
+        grids = layout.sample_grids(ids, layout.grids(scoring, required=False), scoring.get("num_images"))
+    for i, ids in enumerate(prompts):
+        keep = scoring["attention_mask"][i].bool()
+        completion = keep[-rows_total:]
+        if layout is not None:
+            sample_grids = [tuple(g) for g in grids[i]] if grids[i] is not None else []
+            positions = layout.blocks(ids, grids[i])
+        else:
+            sample_grids = []
+            positions = [] if image_token is None else visual_token_positions(ids, image_token, [], merge)
+        entropies = scoring["entropies"]
+        items.append(
+            CompletionAttention(
+                rows=scoring["probs"][i, :rows_total][completion][:, keep].float().cpu(),
+                image_positions=positions,
+                image_grids=sample_grids,
+                entropies=None if entropies is None else entropies[i][completion].float().cpu(),
+                merge_size=merge,
+                prompt_length=len(ids),
+                video_tokens=0 if video_token is None else int((ids == video_token).sum()),
+                layout=layout,
+            )
+        )
+    return items
 
 
 def _validate(func, dataset, name: str, processing_class) -> None:
@@ -67,12 +115,15 @@ class RewardAttentionMixin:
             for i in self._attention_reward_indices
             if getattr(self.reward_funcs[i], "needs_visual_grid", False)
         ]
-        if grid_rewards and spatial_merge_size(self.model, default=None) is None:
-            raise ValueError(
-                f"{', '.join(grid_rewards)} maps boxes to visual tokens through a Qwen-VL-style image_grid_thw and "
-                f"vision_config.spatial_merge_size; {type(unwrap_model(self.model)).__name__} has none, so every "
-                "completion would score None (docs/support-matrix.md)"
-            )
+        try:
+            self._visual_layout = visual_layout(self.model, self.processing_class)
+        except LayoutError as error:
+            self._visual_layout = None
+            if grid_rewards:
+                raise LayoutError(
+                    f"{', '.join(grid_rewards)} maps boxes to visual tokens, and cannot here: {error} "
+                    "(docs/support-matrix.md, docs/sayo.md 'Layouts')"
+                ) from None
         datasets = [("train_dataset", self.train_dataset)]
         if isinstance(self.eval_dataset, dict):
             datasets += [(f"eval_dataset[{name!r}]", split) for name, split in self.eval_dataset.items()]
@@ -88,6 +139,32 @@ class RewardAttentionMixin:
             if hasattr(func, "check_batch"):
                 self._row_checks.append(func.check_batch)
             self.reward_funcs[index] = self._with_attention(func)
+        if grid_rewards:  # images the processor shows only in part (LLaVA's center crop): now and for each batch
+            for name, dataset in datasets:
+                if dataset is not None:
+                    self._check_layout_images(first_rows(dataset, 256), name)
+            self._row_checks.append(lambda rows, _: self._check_layout_images((None, row) for row in rows))
+
+    def _check_layout_images(self, rows, prefix: str | None = None) -> None:
+        """`VisualLayout.check_image` on the images of (index, row) pairs; a no-op for layouts without limits."""
+        layout = self._visual_layout
+        if layout is None or layout.image_processor is None or layout.kind != "fixed":
+            return
+        for index, row in rows:
+            where = row_name(row, index) if prefix is None else f"{prefix}: {row_name(row, index)}"
+            for i, image in enumerate(row_images(row) or []):
+                layout.check_image(open_image(image, f"{where}, image {i}").size, f"{where}, image {i}")
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        """Gemma4's `image_position_ids` (its image grids) into the captured scoring batch the rewards read."""
+        before = getattr(self, "_scoring", None)
+        result = super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        )
+        scoring = getattr(self, "_scoring", None)
+        if scoring is not None and scoring is not before and kwargs.get("image_position_ids") is not None:
+            scoring["image_position_ids"] = kwargs["image_position_ids"]
+        return result
 
     def _refuse_video_rows(self, datasets) -> None:
         """Attention rewards with video rows: an error naming the first such row. `CompletionAttention` locates
@@ -152,45 +229,23 @@ class RewardAttentionMixin:
         completion_mask = pad([torch.ones_like(c) for c in completions], padding_value=0, padding_side="right").to(
             device
         )
-        kwargs = {k: torch.as_tensor(fields[k]).to(device) for k in ("pixel_values", "image_grid_thw") if k in fields}
+        image_keys = ("pixel_values", "image_grid_thw", "image_position_ids")  # per image (Gemma4: its positions)
+        kwargs = {k: torch.as_tensor(fields[k]).to(device) for k in image_keys if k in fields}
         if images is not None:
             kwargs["num_images"] = [len(image_list) if image_list else 0 for image_list in images]
-        if "mm_token_type_ids" in fields:  # the processor's types over the prompt, zeros over the completion (as TRL)
-            types = [torch.as_tensor(t, dtype=torch.long) for t in fields["mm_token_type_ids"]]
-            types = pad(types, padding_value=0, padding_side="left").to(device)
-            kwargs["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(completion_ids)], 1)
+        for key in ("mm_token_type_ids", "token_type_ids"):  # the processor's types over the prompt, zeros over the
+            if key in fields:  # completion (as TRL); Gemma3's token_type_ids make its image blocks bidirectional
+                types = [torch.as_tensor(t, dtype=torch.long) for t in fields[key]]
+                types = pad(types, padding_value=0, padding_side="left").to(device)
+                kwargs[key] = torch.cat([types, torch.zeros_like(completion_ids)], 1)
         return prompt_ids, prompt_mask, completion_ids, completion_mask, kwargs
 
     def _per_completion(self, scoring) -> list:
         """Split a captured batch into one CompletionAttention per completion, padding removed."""
-        config = unwrap_model(self.model).config
-        image_token, video_token = getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)
-        merge = spatial_merge_size(self.model)
-        grids, counts = scoring["image_grid_thw"], scoring["num_images"]
-        offsets = [0] + list(torch.tensor(counts or []).cumsum(0).tolist())
-        rows_total, items = scoring["rows"], []
-        for i in range(scoring["input_ids"].size(0)):
-            keep = scoring["attention_mask"][i].bool()
-            completion = keep[-rows_total:]
-            sample_grids = (
-                [] if grids is None or not counts else [tuple(g.tolist()) for g in grids[offsets[i] : offsets[i + 1]]]
-            )
-            prompt_length = int(keep.sum() - completion.sum())
-            ids = scoring["input_ids"][i][keep][
-                :prompt_length
-            ].cpu()  # images live in the prompt (a sampled pad id is text)
-            positions = [] if image_token is None else visual_token_positions(ids, image_token, sample_grids, merge)
-            entropies = scoring["entropies"]
-            video_tokens = 0 if video_token is None else int((ids == video_token).sum())
-            items.append(
-                CompletionAttention(
-                    rows=scoring["probs"][i, :rows_total][completion][:, keep].float().cpu(),
-                    image_positions=positions,
-                    image_grids=sample_grids,
-                    entropies=None if entropies is None else entropies[i][completion].float().cpu(),
-                    merge_size=merge,
-                    prompt_length=prompt_length,
-                    video_tokens=video_tokens,
-                )
-            )
-        return items
+        layout = getattr(self, "_visual_layout", None)
+        if layout is None:  # no grid reward was checked at construction: the layout where the model has one
+            try:
+                layout = visual_layout(self.model)
+            except LayoutError:
+                pass
+        return completion_attention(self.model, scoring, layout)

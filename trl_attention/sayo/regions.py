@@ -5,8 +5,9 @@ emit one token per `merge_size x merge_size` block of patches, row-major. The re
 uniformly, so in ORIGINAL pixel coordinates token cell (r, c) of a (h, w)-patch grid is the rectangle
 [c*W/cols, (c+1)*W/cols) x [r*H/rows, (r+1)*H/rows) with rows = h/merge, cols = w/merge: the patch size never
 enters (14 px for Qwen2/2.5-VL, 16 px for Qwen3-VL give the same mapping). Arithmetic is done in units scaled by
-the grid size, so integer boxes on cell borders are exact. A LLaVA-style fixed grid is the same with given
-rows/cols (`fixed_grid_token_indices`). `inclusive_end=True` reproduces the released SAYO code's rounding, which
+the grid size, so integer boxes on cell borders are exact. A LLaVA / Gemma3 fixed grid is the same with given
+rows/cols (`fixed_grid_token_indices`; as grid_thw (1, rows, cols) with merge 1), a Gemma4 one has the patch grid of
+its `image_position_ids` pooled `pooling_kernel_size` (`trl_attention.layouts` says which per family). `inclusive_end=True` reproduces the released SAYO code's rounding, which
 also keeps the row/column a box edge only touches (docs/sayo-fidelity.md).
 """
 

@@ -126,7 +126,7 @@ class RegionAttentionReward(AttentionReward):
     """
 
     __name__ = "region_attention"
-    needs_visual_grid = True  # boxes map to tokens through Qwen-VL's image_grid_thw / spatial_merge_size
+    needs_visual_grid = True  # boxes map to tokens through the model's image layout (trl_attention.layouts)
 
     def __init__(
         self,

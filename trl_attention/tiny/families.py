@@ -1,6 +1,6 @@
 """Tiny, offline, seeded models of other families than Qwen2: hybrid decoders (NemotronH, Qwen3.5, Qwen3.5-MoE,
-Qwen3-Next), attention with softcap / sinks (Gemma2, GPT-OSS) and VLMs (Gemma3, LLaVA, LLaVA-OneVision, InternVL,
-Idefics3, SmolVLM, Qwen3.5-VL), built from their transformers config classes for the support-matrix tests.
+Qwen3-Next), attention with softcap / sinks (Gemma2, GPT-OSS) and VLMs (Gemma3, Gemma4, LLaVA, LLaVA-OneVision,
+InternVL, Idefics3, SmolVLM, Qwen3.5-VL), built from their transformers config classes for the support-matrix tests.
 
 `build_tiny_family(name)` returns `(model, tokenizer)` for a text family and `(model, inputs)` for a VLM (hand-made
 inputs: 2 rows holding one image's placeholder tokens each, row 0 left-padded by 2). Families this transformers

@@ -57,15 +57,16 @@ def _seeded_init(model_cls, config, seed: int):
     return model
 
 
-def build_tiny_vlm(seed: int = 0, attn_implementation: str = "sdpa", **overrides):
-    """Return ``(Qwen2_5_VLForConditionalGeneration, processor)``; ``overrides`` go to the text config."""
+def build_tiny_vlm(seed: int = 0, attn_implementation: str = "sdpa", vision: dict | None = None, **overrides):
+    """Return ``(Qwen2_5_VLForConditionalGeneration, processor)``; ``overrides`` go to the text config, ``vision``
+    to the vision tower's (for example a wider tower for a task that needs shape recognition)."""
     processor = build_processor()
     tok = processor.tokenizer
     text = _text_kwargs(tok, overrides)
     head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0})
     text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": _mrope_section(head_dim)}
-    vision = dict(
+    tower = dict(
         depth=2,
         hidden_size=32,
         intermediate_size=64,
@@ -79,9 +80,10 @@ def build_tiny_vlm(seed: int = 0, attn_implementation: str = "sdpa", **overrides
         tokens_per_second=2,
         out_hidden_size=text["hidden_size"],
     )
+    tower.update(vision or {})
     config = Qwen2_5_VLConfig(
         text_config=text,
-        vision_config=vision,
+        vision_config=tower,
         image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
