@@ -8,7 +8,7 @@ results.md / results.json / results.png to the output dir and prints the table.
 
     python benchmarks/evidence.py --quick          # ~10 min on 2 cores: 2 seeds, short runs
     python benchmarks/evidence.py                  # ~60 min: 5 seeds, longer runs
-    python benchmarks/evidence.py --ablation       # RAL: attn_layers=[1,-1], attn_divergence jsd / kl / reverse_kl
+    python benchmarks/evidence.py --ablation       # RAL: attn_layers=[1,-1], attn_divergence jsd / kl / reverse_kl, attn_heads per_head
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sft-lr", type=float, default=3e-3)
     p.add_argument("--rl-batch", type=int, default=8, help="completions per step")
     p.add_argument("--generations", type=int, default=4, help="completions per prompt (GRPO group)")
-    p.add_argument("--rl-lr", type=float, default=3e-4)
+    p.add_argument("--rl-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 per free core)")
     p.add_argument("--output-dir", help="default outputs/evidence (outputs/evidence_quick with --quick)")
     p.add_argument("--progress", action="store_true", help="show the trainers' progress bars")

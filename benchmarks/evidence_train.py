@@ -27,6 +27,7 @@ class Arm:
     fmt: str = "reasoning"
     attn_layers: tuple | None = None
     attn_divergence: str = "jsd"
+    attn_heads: str = "mean"
 
 
 ARMS = {
@@ -41,6 +42,7 @@ ABLATION_ARMS = {
     "ral_layers_1_-1": Arm(attn_coef=1.0, attn_layers=(1, -1)),
     "ral_kl": Arm(attn_coef=1.0, attn_divergence="kl"),
     "ral_reverse_kl": Arm(attn_coef=1.0, attn_divergence="reverse_kl"),
+    "ral_per_head": Arm(attn_coef=1.0, attn_heads="per_head"),
 }  # the jsd point of the ablation is the `ral` arm
 ACCURACY_WEIGHT, FORMAT_WEIGHT, SAYO_WEIGHT = 0.9, 0.1, 0.5  # RAL's 0.9 accuracy + 0.1 format; SAYO's term added
 DISTILL_GKD, DISTILL_ATTN = 0.5, 1.0  # mu (token GKD) and gamma (attention distillation); gamma in the paper's grid
@@ -133,6 +135,7 @@ def train_rl(cfg, arm: Arm, checkpoint: str, dataset, seed: int, out: str, teach
         attn_coef=arm.attn_coef,
         attn_layers=list(arm.attn_layers) if arm.attn_layers else None,
         attn_divergence=arm.attn_divergence,
+        attn_heads=arm.attn_heads,
         reward_weights=weights,
         **extra,
     )
