@@ -59,16 +59,6 @@ def make_distractor_dataset(n: int, seed: int, image_size: int = 224, shapes=(3,
     return Dataset.from_list(rows)
 
 
-def sft_dataset(dataset: Dataset, fmt: str) -> Dataset:
-    """Prompt-completion rows for TRL's SFTTrainer (conversational, the image in `image`)."""
-
-    def convert(row):
-        content = [{"type": "text", "text": completion_text(row, fmt)}]
-        return {"completion": [{"role": "assistant", "content": content}]}
-
-    return dataset.map(convert).select_columns(["prompt", "completion", "image"])
-
-
 # ------------------------------------------------------------------------------------------------ statistics
 
 

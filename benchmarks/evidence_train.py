@@ -7,14 +7,14 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from evidence_data import sft_dataset
+from evidence_data import completion_text
 from transformers import AutoModelForImageTextToText, AutoProcessor, PrinterCallback
-from trl import SFTConfig, SFTTrainer
 
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
 from trl_attention.rewards import accuracy_reward, answer_format_reward, reasoning_format_reward
 from trl_attention.sayo import RegionAttentionReward
 from trl_attention.tiny import build_processor, build_tiny_vlm
+from trl_attention.tiny.sft import sft_tiny_vlm
 
 
 @dataclass(frozen=True)
@@ -77,29 +77,22 @@ def _common(cfg, out: str, seed: int) -> dict:
 
 
 def train_sft(cfg, dataset, fmt: str, seed: int, steps: int, path: str, teacher: bool = False) -> str:
-    """SFT the tiny VLM (the wider teacher when `teacher`) on `dataset` in format `fmt`; save it to `path`.
-
-    The tiny processor works with SFTTrainer as it is (it returns `mm_token_type_ids`, which TRL's
-    vision collator passes on). Loss on the completion only (TRL's default for prompt-completion rows). The patch
-    embedding stays at its random init: on CPU the weight gradient of its Conv3d costs ~5x the rest of the step."""
+    """SFT the tiny VLM (the wider teacher when `teacher`) on `dataset` in format `fmt` with TRL's SFTTrainer
+    (`trl_attention.tiny.sft`, the demo's warm start; patch embedding frozen); save it to `path`."""
     processor = build_processor(max_pixels=cfg.image_size**2)
     model, _ = build_tiny_vlm(seed=seed, **(TEACHER_WIDTH if teacher else {}))
-    model.model.visual.patch_embed.requires_grad_(False)
-    args = SFTConfig(
-        **_common(cfg, path, seed),
-        max_steps=steps,
-        per_device_train_batch_size=cfg.sft_batch,
+    sft_tiny_vlm(
+        model,
+        processor,
+        dataset,
+        path,
+        steps,
         learning_rate=cfg.sft_lr,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=max(1, steps // 20),
-        max_length=None,
+        batch_size=cfg.sft_batch,
+        seed=seed,
+        completion=lambda row: completion_text(row, fmt),
+        disable_tqdm=not cfg.progress,
     )
-    trainer = _silence(
-        SFTTrainer(model=model, args=args, train_dataset=sft_dataset(dataset, fmt), processing_class=processor)
-    )
-    _quiet(trainer.train)
-    trainer.save_model(path)
-    processor.save_pretrained(path)
     return path
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from trl_attention.plotting import capture_image_attention
-from trl_attention.rewards import ANSWER_TAG, accuracy_reward
+from trl_attention.rewards import ANSWER_TAG, accuracy_reward, answer_format_reward
 from trl_attention.tiny import box_to_token_mask
 
 METRICS = ("accuracy", "region_share", "lift", "entropy", "image_mass")
@@ -80,11 +80,12 @@ def attention_metrics(model, processor, row: dict, completion: str) -> dict:
 
 
 def evaluate(model, processor, dataset, max_new_tokens: int) -> dict:
-    """Means over the held-out rows of `METRICS` (accuracy from greedy generation) and the box's token share."""
+    """Means over the held-out rows of `METRICS` (accuracy from greedy generation), `answer_format` (the share of
+    completions exactly `<answer>...</answer>`) and one example completion."""
     completions = generate(model, processor, dataset, max_new_tokens)
     correct = accuracy_reward(completions, dataset["solution"])
     per_row = [attention_metrics(model, processor, dataset[i], c) for i, c in enumerate(completions)]
-    result = {"accuracy": float(np.mean(correct))}
+    result = {"accuracy": float(np.mean(correct)), "answer_format": float(np.mean(answer_format_reward(completions)))}
     for key in METRICS[1:]:
         values = [r[key] for r in per_row if math.isfinite(r[key])]
         result[key] = float(np.mean(values)) if values else math.nan
@@ -96,3 +97,19 @@ def box_token_share(dataset, image_size: int) -> float:
     """Mean share of the image's visual tokens that the target box covers (the region share of uniform attention)."""
     grid = image_size // 14
     return float(np.mean([box_to_token_mask(b, image_size, (1, grid, grid)).float().mean() for b in dataset["box"]]))
+
+
+def majority_accuracy(train, held) -> float:
+    """Held-out accuracy of always giving the commonest training answer of the question's kind (its first three
+    words: "What colour is" / "What shape is"): the accuracy a model that ignores the image can reach."""
+    from collections import Counter
+
+    def kind(row):
+        return " ".join(next(p["text"] for p in row["prompt"][0]["content"] if p["type"] == "text").split()[:3])
+
+    counts: dict[str, Counter] = {}
+    for row in train:
+        counts.setdefault(kind(row), Counter())[row["answer"]] += 1
+    best = {k: c.most_common(1)[0][0] for k, c in counts.items()}
+    hits = [best.get(kind(row)) == row["answer"] for row in held]
+    return float(np.mean(hits)) if hits else math.nan

@@ -19,35 +19,17 @@ from trl_attention.plotting import attention_heatmap, plot_metrics
 from trl_attention.rewards import char_overlap, exact_answer
 from trl_attention.tiny import build_tiny_vlm, make_grounding_dataset
 
-MAX_STEPS = 4
+MAX_STEPS = 2
 
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     argv = [
-        "demo",
-        "--output_dir",
-        str(out),
-        "--max-steps",
-        str(MAX_STEPS),
-        "--num_samples",
-        "8",
-        "--per_device_train_batch_size",
-        "4",
-        "--num_generations",
-        "4",
-        "--max_completion_length",
-        "6",
-        "--learning_rate",
-        "1e-2",
-        "--num_iterations",
-        "2",
-        "--attn_coef",
-        "1.0",
-        "--seed",
-        "0",
-    ]
+        "demo", "--output_dir", str(out), "--num_samples", "8", "--eval_samples", "4", "--sft_steps", "3",
+        "--max-steps", str(MAX_STEPS), "--per_device_train_batch_size", "4", "--num_generations", "2",
+        "--max_completion_length", "6", "--learning_rate", "1e-2", "--threads", "1", "--seed", "0",
+    ]  # fmt: skip
     assert cli.main(argv) == 0
     return out
 
@@ -63,38 +45,52 @@ def _open_png(path, min_size=(200, 200)):
     return image.size
 
 
-def test_demo_writes_files_and_plausible_metrics(demo_dir):
-    for name in ("metrics.json", "metrics.csv", "metrics.png", "attention_heatmap.png"):
+def test_demo_writes_models_metrics_and_plots(demo_dir):
+    for name in ("summary.json", "metrics.json", "metrics.csv", "metrics_grpo.png", "metrics_ral.png"):
         assert (demo_dir / name).is_file(), name
-    assert not list(demo_dir.glob("checkpoint-*"))  # checkpoint saving stays off
-    _open_png(demo_dir / "metrics.png", min_size=(600, 400))
-    _open_png(demo_dir / "attention_heatmap.png", min_size=(300, 300))
+    for name in ("sft", "grpo", "ral"):
+        _open_png(demo_dir / f"heatmap_{name}.png", min_size=(300, 300))
+    _open_png(demo_dir / "metrics_ral.png", min_size=(600, 400))
+    assert not list(demo_dir.rglob("checkpoint-*"))  # checkpoint saving stays off
+
+    summary = json.loads((demo_dir / "summary.json").read_text())
+    assert set(summary["results"]) == {"sft", "grpo", "ral"}
+    for result in summary["results"].values():
+        assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["region_share"] <= 1.0
+        assert 0.0 < result["image_mass"] < 1.0 and 0.0 < result["entropy"] <= math.log(16) + 1e-6
+    assert 0.0 < summary["box_token_share"] < 1.0 and 0.0 <= summary["majority_accuracy"] <= 1.0
 
     rows = json.loads((demo_dir / "metrics.json").read_text())
-    assert [row["step"] for row in rows] == list(range(1, MAX_STEPS + 1))  # one row per step, no summary row
-    # num_iterations=2: odd steps generate (and score) rollouts, even steps reuse them.
-    rollout_rows = [row for row in rows if row["step"] % 2 == 1]
-    assert all("reward" in row for row in rollout_rows)
-    rewards = [row["reward"] for row in rows if "reward" in row]
-    assert len(rewards) == MAX_STEPS // 2 and all(math.isfinite(r) for r in rewards)
-    assert all(0.0 <= r <= 1.5 for r in rewards)  # exact_answer (weight 1) + char_overlap (weight 0.5)
-    assert any(row["reward_std"] > 0 for row in rollout_rows)  # the shaped reward varies: advantages are not all 0
-    jsd = [row["attention/jsd"] for row in rows]
-    assert all(math.isfinite(v) and 0.0 <= v <= math.log(2) for v in jsd)
-    assert max(jsd[0::2]) < 1e-7  # p_theta == p_old on the step that generated the rollouts (up to rounding)
-    assert max(jsd[1::2]) > 1e-6 and max(jsd) > 0  # ... and differs once the parameters moved
-    for row in rows:
-        assert math.isfinite(row["loss"])
-        assert 0.0 < row["attention/image_mass"] < 1.0
-        assert 0.0 < row["attention/entropy"] < math.log(10_000)
-
+    by_arm = {arm: [r for r in rows if r["arm"] == arm] for arm in ("sft", "grpo", "ral")}
+    assert [r["step"] for r in by_arm["sft"]] == [1, 2, 3]
+    for arm in ("grpo", "ral"):
+        assert [r["step"] for r in by_arm[arm]] == list(range(1, MAX_STEPS + 1))
+        assert "reward" in by_arm[arm][0]  # step 1 generates; step 2 reuses the rollouts (num_iterations=2)
+    assert not any("attention/jsd" in r for r in by_arm["grpo"])  # attn_coef=0: the capture does not run
+    jsd = [r["attention/jsd"] for r in by_arm["ral"]]
+    assert max(jsd[0::2]) < 1e-7 and all(0.0 <= v <= math.log(2) for v in jsd)  # 0 on the generating step
     with open(demo_dir / "metrics.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == len(rows)
-    for line, row in zip(table, rows):
-        assert int(line["step"]) == row["step"]
-        assert float(line["attention/jsd"]) == pytest.approx(row["attention/jsd"], rel=1e-12, abs=0)
-        assert (line["reward"] == "") == ("reward" not in row)
+    assert [(line["arm"], int(line["step"])) for line in table] == [(r["arm"], r["step"]) for r in rows]
+
+
+def test_demo_saves_a_loadable_model_equal_to_the_trained_one(demo_dir):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(demo_dir / "model").eval()
+    processor = AutoProcessor.from_pretrained(demo_dir / "model")
+    sft = AutoModelForImageTextToText.from_pretrained(demo_dir / "sft").eval()
+    example = make_grounding_dataset(1, seed=9)[0]
+    text = processor.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=[example["image"]], return_tensors="pt")
+    with torch.no_grad():
+        logits, before = model(**inputs).logits, sft(**inputs).logits
+    assert torch.isfinite(logits).all()
+    rows = json.loads((demo_dir / "metrics.json").read_text())
+    moved = any(r.get("grad_norm", 0.0) > 0 for r in rows if r["arm"] == "ral")
+    assert torch.equal(logits, before) != moved  # the RL-trained model (equal to SFT only if no step had a gradient)
+    vision = dict(model.model.visual.named_parameters())
+    assert all(torch.equal(p, vision[n]) for n, p in sft.model.visual.named_parameters())  # RL froze the tower
 
 
 def test_heatmap_is_the_captured_image_attention(tmp_path):
@@ -148,6 +144,7 @@ def test_help_lists_demo_config_fields(capsys):
         assert f.metadata["help"].split()[0] in text, f.name
     assert cli.main(["--help"]) == 0 and "demo" in capsys.readouterr().out
     assert cli.main(["demo", "--max_steps", "not-a-number"]) == 2
+    assert cli.main(["demo", "--sft_steps", "-1"]) == 2
     assert cli.main(["demo", "--per_device_train_batch_size", "6", "--num_generations", "4"]) == 2
     assert "multiple of num_generations" in capsys.readouterr().err
 
