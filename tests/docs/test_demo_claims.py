@@ -14,7 +14,7 @@ from trl_attention.cli.demo import format_summary
 from trl_attention.demo import DemoConfig, run_demo
 
 ROW = re.compile(r"^\|?\s*(sft|grpo|ral)\s*\|?\s+([0-9.]+)\s*\|?\s+([0-9.]+)\s*\|?\s+([0-9.]+)", re.M)
-BASELINE = re.compile(r"[Ii]mage-blind baseline accuracy\s+([0-9.]+)")
+BASELINE = re.compile(r"[Ii]mage-blind baseline\s+accuracy\s+([0-9.]+)")
 ACC_MARGIN, LIFT_MARGIN = 0.05, 0.10  # differences smaller than these are "at" (seed noise at 64 rows)
 
 
