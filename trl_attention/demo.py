@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .rewards import char_overlap, exact_answer  # noqa: F401  (0.1 public names of this module)
+
 __all__ = ["ARMS", "REWARD_WEIGHTS", "DemoConfig", "default_threads", "run_demo"]
 
 ARMS = ("grpo", "ral")
