@@ -1,5 +1,6 @@
 """benchmarks/grounding_probe.py: its Linear view of the patch embedding equals the Conv3d (values and weight
-gradient), and the probe runs end to end, printing one accuracy curve per control."""
+gradient), the probe runs end to end, printing one accuracy and one attention-share curve per control, and its
+attention loss moves the answer position's attention onto the target box."""
 
 import copy
 import re
@@ -44,3 +45,22 @@ def test_probe_runs_and_prints_a_curve_per_control(capsys):
         line = next(line for line in out.splitlines() if line.startswith(f"control={control}"))
         accs = [float(v) for v in re.findall(r"\d+: ([0-9.]+)", line)]
         assert len(accs) == 3 and all(0.0 <= v <= 1.0 for v in accs)
+        line = next(line for line in out.splitlines() if line.startswith(f"control={control:<5} share"))
+        assert len(re.findall(r"\d+: ([0-9.]+)", line)) == 3
+
+
+def _shares(out: str) -> list[float]:
+    line = next(line for line in out.splitlines() if "share by step" in line)
+    return [float(v) for v in re.findall(r"\d+: ([0-9.]+)", line)]
+
+
+def test_attention_loss_moves_attention_onto_the_box(capsys):
+    """40 steps: with the loss the box's share of the image attention rises from its token share (0.21 here) to
+    well above it (0.66 measured); without it, it stays near the token share."""
+    probe = _probe_module()
+    argv = ["--control", "none", "--steps", "40", "--every", "40", "--n-train", "64", "--n-eval", "16", "--batch", "8"]
+    assert probe.main([*argv, "--attention-loss", "1"]) == 0
+    start, supervised = _shares(capsys.readouterr().out)
+    assert probe.main(argv) == 0
+    _, plain = _shares(capsys.readouterr().out)
+    assert supervised > start + 0.25 and supervised > plain + 0.25, (start, supervised, plain)
