@@ -6,15 +6,22 @@ backward, SGD step) in four modes:
   eager   the anchors' way: eager attention in every layer with output_attentions=True ("b")
   torch   sdpa + capture_attention(backend="torch") on the last layer ("c")
   triton  sdpa + capture_attention(backend="triton") on the last layer, CUDA only ("d")
-In eager/torch/triton the captured rows enter the loss, so their backward runs.
+In eager/torch/triton the captured rows enter the loss as a fixed weighted sum over keys, `(probs @ w).sum()`, so
+their backward runs and the loss holds no (B, C, T) tensor besides the rows and, in backward, their gradient (an
+elementwise loss such as `probs * f(probs)` would keep one more for backward).
 
 Peak memory: each (T, mode) in a fresh subprocess started by this small parent (Linux carries ru_maxrss across
-fork+exec, so children must not start from a grown parent). CPU: peak RSS growth over the post-setup RSS, with
-glibc told to mmap every block over 64 KiB so freed tensors leave RSS at once (RSS then tracks live tensors, not
-the allocator's caching); CUDA: torch.cuda.max_memory_allocated growth. Time: one subprocess per T runs the modes
-interleaved round by round, median of --repeats, so load drift hits every mode alike (on a shared CPU, --threads 1
-avoids the stalls of oversubscribed OpenMP threads). `extra/BCT` is the extra peak memory over `none` in units of
-one fp32 (B, C, T) tensor, the size of the returned rows: constant across T means memory linear in C*T.
+fork+exec, so children must not start from a grown parent). CPU: peak RSS growth, with glibc told to mmap every
+block over 64 KiB so freed tensors leave RSS at once (RSS then tracks live tensors, not the allocator's caching);
+CUDA: torch.cuda.max_memory_allocated growth. `peak MiB` and `extra/BCT`: the step after a warm-up step, over the
+memory at its start (the kernel's peak-RSS mark is reset in between, /proc/self/clear_refs; a lifetime peak where
+that is refused); `cold/BCT`: the first two steps over the memory before them, so one-time growth (lazy imports,
+library caches) and anything a step leaves behind count too. `--live-bytes` adds `live/BCT` from a third step:
+the most bytes of tensors created by aten ops alive at once (a TorchDispatchMode; exact for tensors, blind to
+scratch memory inside a kernel). Time: one subprocess per T runs the modes interleaved round by round, median of
+--repeats, so load drift hits every mode alike (on a shared CPU, --threads 1 avoids the stalls of oversubscribed
+OpenMP threads). `*/BCT` is the extra peak memory over `none` in units of one fp32 (B, C, T) tensor, the size of
+the returned rows: constant across T means memory linear in C*T; 2 is the rows and their gradient.
 
 Model: Qwen2_5_VLForConditionalGeneration, text-only input, a 1-layer stub vision tower (not run). `--preset 7b` is
 Qwen2.5-VL-7B's text part (28 layers, hidden 3584, 28/4 heads, head dim 128, vocab 152064; a GPU). The default
@@ -29,7 +36,7 @@ C=1024, T=8192, bf16 on CUDA), per backend.
 1024), where the capture's extra memory is the largest share: `--preset toy --batch 2 --seq 2048 --modes none torch`.
 
 Usage: python benchmarks/capture.py [--seq 512 1024 2048 4096] [--preset cpu|7b|toy] [--device cpu|cuda]
-       [--modes none eager torch triton]
+       [--modes none eager torch triton] [--live-bytes]
        python benchmarks/capture.py --micro [--device cuda]
 """
 
@@ -129,6 +136,7 @@ def build(args, seq):
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
     ids = torch.randint(10, text["vocab_size"], (args.batch, seq), device=device)
     rows = max(1, int(seq * args.rows_frac))
+    key_weight = torch.linspace(-1.0, 1.0, seq, device=device)
 
     def step(mode):
         model.set_attn_implementation("eager" if mode == "eager" else "sdpa")
@@ -142,8 +150,8 @@ def build(args, seq):
         else:
             out, probs = model(input_ids=ids), None
         loss = out.logits.float().logsumexp(-1).mean()
-        if probs is not None:
-            loss = loss + (probs * probs.detach().log1p()).sum()
+        if probs is not None:  # a fixed weighted sum over keys: no (B, C, T) tensor beyond the rows and their grad
+            loss = loss + (probs @ key_weight).sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -153,8 +161,24 @@ def build(args, seq):
     return step, device, rows
 
 
+def _reset_peak_rss() -> bool:
+    """Set the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0); False where that is refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def child_memory(args) -> dict:
-    """MiB above the post-setup baseline over one warm-up and one measured step of one mode."""
+    """MiB above the baseline at the peak of one mode's step. "peak_mib": a step after a warm-up step, over the
+    memory at its start; "cold_mib": the first two steps, over the memory before the first (one-time growth in)."""
     import torch
 
     _threads(args)
@@ -165,14 +189,29 @@ def child_memory(args) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
+        cold_base = torch.cuda.memory_allocated()
+        step(args.mode)
+        cold = torch.cuda.max_memory_allocated() - cold_base
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(args.mode)
+        peak = torch.cuda.max_memory_allocated()
+        result = {"peak_mib": (peak - base) / 2**20, "cold_mib": max(cold, peak - cold_base) / 2**20}
     else:
-        base = _rss_mib()  # ru_maxrss is a lifetime peak: the baseline is taken before the warm-up step
-    step(args.mode)
-    step(args.mode)
-    if device.type == "cuda":
-        return {"peak_mib": torch.cuda.max_memory_allocated() / 2**20 - base}
-    return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base}
+        cold_base, resettable = _rss_mib(), _reset_peak_rss()
+        step(args.mode)  # warm-up: one-time growth (lazy imports, kernel and allocator caches)
+        cold = _peak_rss_mib() if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        base = _rss_mib() if resettable and _reset_peak_rss() else cold_base  # else ru_maxrss: a lifetime peak
+        step(args.mode)
+        peak = _peak_rss_mib() if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = {"peak_mib": peak - base, "cold_mib": max(cold, peak) - cold_base}
+    if args.live_bytes:
+        from trl_attention.memory import LiveTensorBytes
+
+        with LiveTensorBytes() as live:
+            step(args.mode)
+        result["live_mib"] = live.peak / 2**20
+    return result
 
 
 def child_times(args) -> dict:
@@ -249,33 +288,24 @@ def micro(args) -> int:
 
 
 def _child(args, kind, seq, mode=None) -> dict:
-    forwarded = [
-        "--preset",
-        args.preset,
-        "--device",
-        args.device,
-        "--dtype",
-        args.dtype,
-        "--batch",
-        str(args.batch),
-        "--rows-frac",
-        str(args.rows_frac),
-        "--repeats",
-        str(args.repeats),
-        "--seq",
-        str(seq),
-        "--threads",
-        str(args.threads),
-        "--modes",
-        *args.modes,
-    ]
+    names = ("preset", "device", "dtype", "batch", "rows_frac", "repeats", "threads")
+    forwarded = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in names] + [f"--seq={seq}"]
+    forwarded += ["--modes", *args.modes] + (["--live-bytes"] if args.live_bytes else [])
     cmd = [sys.executable, __file__, f"--child-{kind}", *forwarded] + (["--mode", mode] if mode else [])
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    # memory children mmap every block over 4 KiB, so a freed tensor leaves RSS at once even at the tiny preset;
+    # timing children keep the 64 KiB threshold of earlier runs (fewer page faults, comparable step seconds)
+    threshold = "4096" if kind == "memory" else "65536"
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=threshold, MALLOC_TRIM_THRESHOLD_="0")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode:
         sys.stderr.write(proc.stderr)
         raise SystemExit(f"child {kind} T={seq} {mode or ''} failed")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _ratio(value: float, base: float) -> float:
+    """value / base; 1 for the baseline itself, nan where the baseline grew by nothing measurable."""
+    return 1.0 if value == base else value / base if base > 0 else float("nan")
 
 
 def main(argv=None) -> int:
@@ -289,6 +319,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="modes to run (none first)")
+    parser.add_argument(
+        "--live-bytes", action="store_true", help="also count live tensor bytes in a third step (live/BCT column)"
+    )
     parser.add_argument("--micro", action="store_true", help="last-layer micro-benchmark instead")
     parser.add_argument(
         "--micro-shape", type=int, nargs=5, default=[28, 4, 128, 1024, 8192], metavar=("H", "H_KV", "D", "C", "T")
@@ -312,20 +345,26 @@ def main(argv=None) -> int:
         f"preset={args.preset} ({PRESETS[args.preset]}) batch={args.batch} dtype={args.dtype} "
         f"device={args.device} C=T*{args.rows_frac} repeats={args.repeats} threads={args.threads or 'default'}"
     )
+    live = f" {'live/BCT':>8s}" if args.live_bytes else ""
     print(
-        f"{'T':>5s} {'C':>5s} {'mode':7s} {'step s':>8s} {'time x':>7s} {'peak MiB':>9s} {'mem x':>6s} {'extra/BCT':>9s}"
+        f"{'T':>5s} {'C':>5s} {'mode':7s} {'step s':>8s} {'time x':>7s} {'peak MiB':>9s} {'mem x':>6s} "
+        f"{'extra/BCT':>9s} {'cold/BCT':>8s}{live}"
     )
     for seq in args.seq:
         rows = max(1, int(seq * args.rows_frac))
-        base_s, base_m = seconds[seq]["none"], memory[(seq, "none")]["peak_mib"]
+        bct = 4 * args.batch * rows * seq / 2**20  # MiB of one fp32 (B, C, T) tensor
+        base_s, base = seconds[seq]["none"], memory[(seq, "none")]
         for mode in modes:
             mem = memory[(seq, mode)]
             if "na" in mem:
                 print(f"{seq:5d} {rows:5d} {mode:7s} {mem['na']}")
                 continue
             s, m = seconds[seq][mode], mem["peak_mib"]
-            per_ct = (m - base_m) * 2**20 / (4 * args.batch * rows * seq)
-            print(f"{seq:5d} {rows:5d} {mode:7s} {s:8.3f} {s / base_s:7.2f} {m:9.1f} {m / base_m:6.2f} {per_ct:9.2f}")
+            extra = [(mem[k] - base[k]) / bct for k in ("peak_mib", "cold_mib", "live_mib") if k in mem]
+            print(
+                f"{seq:5d} {rows:5d} {mode:7s} {s:8.3f} {s / base_s:7.2f} {m:9.1f} {_ratio(m, base['peak_mib']):6.2f} "
+                f"{extra[0]:9.2f} {extra[1]:8.2f}" + "".join(f" {e:8.2f}" for e in extra[2:])
+            )
     return 0
 
 

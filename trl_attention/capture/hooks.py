@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import sys
+import weakref
 
 import torch
 from torch import nn
@@ -142,17 +144,28 @@ class AttentionHooks:
         self.layers = [index for index, _, _ in resolved]
         self.model_layers = [model_index for _, model_index, _ in resolved]
         self.modules = [module for _, _, module in resolved]
-        self.model, self.fn, self._depth = model, fn, 0
+        self.model, self._depth, self._installed = model, 0, None
+        # A bound method is held weakly: its owner (a capture, a VRGA runtime) holds this object, and a strong
+        # reference back would be a cycle keeping the owner, and what it recorded, alive until the cyclic GC runs.
+        self._fn = weakref.WeakMethod(fn) if inspect.ismethod(fn) else (lambda: fn)
         self._config, self._base = _wrappable_base(self.modules[0], model)
+
+    @property
+    def fn(self):
+        fn = self._fn()
+        if fn is None:
+            raise CaptureError("the object whose method this hook calls was garbage-collected; keep a reference")
+        return fn
 
     def __enter__(self) -> Self:
         if self._depth == 0:
+            self._installed = self.fn  # held while entered
             entry = _switched.setdefault(id(self._config), [self._config, self._config._attn_implementation, 0])
             if entry[2] == 0:
                 self._config._attn_implementation_internal = _register(self._base)
             entry[2] += 1
             for layer, module in zip(self.layers, self.modules):
-                setattr(module, _HOOKS_ATTR, getattr(module, _HOOKS_ATTR, []) + [(layer, self.fn)])
+                setattr(module, _HOOKS_ATTR, getattr(module, _HOOKS_ATTR, []) + [(layer, self._installed)])
         self._depth += 1
         return self
 
@@ -161,7 +174,8 @@ class AttentionHooks:
         if self._depth:
             return
         for module in self.modules:
-            setattr(module, _HOOKS_ATTR, [h for h in getattr(module, _HOOKS_ATTR, []) if h[1] is not self.fn])
+            setattr(module, _HOOKS_ATTR, [h for h in getattr(module, _HOOKS_ATTR, []) if h[1] is not self._installed])
+        self._installed = None
         entry = _switched[id(self._config)]
         entry[2] -= 1
         if entry[2] == 0:

@@ -6,8 +6,11 @@ the one numeric primitive of the capture layer, and its
 dispatcher: `backend="triton"` runs the fused kernels of `attention_rows_triton.py` (same math, no per-head
 blocks in memory), `"torch"` this file's reference, `"auto"` Triton on CUDA when importable, else torch.
 
-Memory is O(B*C*T) (O(B*H*C*T) for the per-head output): heads are processed in chunks that never exceed one key/value group (or `max_heads`), and
-the backward recomputes the softmax chunk by chunk instead of saving H*C*T probabilities.
+Memory is O(B*C*T) (O(B*H*C*T) for the per-head output): the torch reference works in (row block x head chunk x
+key span) pieces of at most min(`PIECE_ELEMENTS`, C*T/4) elements in one reused workspace, head chunks never exceed
+one key/value group (or `max_heads`), and the backward recomputes each piece instead of saving H*C*T
+probabilities. Beyond the returned rows and their gradient, forward + backward hold one piece (two with softcap or
+heads="all") and the gradients of q and k (tests/capture/test_memory.py counts it).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ BACKENDS = ("auto", "torch", "triton")
 # `heads` of `attention_rows`: "mean" -> (B, C, T) head average, "all" -> (B, H, C, T) one row per query head.
 HEADS = ("mean", "all")
 
-# Upper bound on query heads held at once: bounds the transient (max_heads, B, C, T) fp32 buffers.
+# Upper bound on the query heads of one piece (they share a key head, so one gemm computes all of them).
 DEFAULT_MAX_HEADS = 4
 
 
@@ -56,9 +59,9 @@ def _acc_dtype(tensor: torch.Tensor) -> torch.dtype:
 def _softmax_rows_(scores: torch.Tensor) -> torch.Tensor:
     """In-place softmax over the last dim; rows whose every key is -inf become zeros (not NaN).
 
-    In place because the (h, C, T) block dominates on CPU: fresh buffers cost page faults. Composite rather than
-    torch.softmax, whose CPU kernel opens a thread-parallel region even for tiny tensors (ms per call on a busy
-    machine, which makes small models and gradcheck crawl).
+    For pieces under `_FUSED_SOFTMAX` elements and off CPU. Composite rather than torch.softmax, whose CPU kernel
+    opens a thread-parallel region even for tiny tensors (ms per call on a busy machine, which makes small models
+    and gradcheck crawl); large CPU pieces use the fused kernel in place (one pass per row, in cache).
     """
     row_max = scores.amax(dim=-1, keepdim=True)
     row_max.masked_fill_(row_max == float("-inf"), 0.0)
@@ -68,7 +71,8 @@ def _softmax_rows_(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_sink_rows_(scores: torch.Tensor, sinks: torch.Tensor):
-    """`_softmax_rows_` with one extra logit per head (B|1, h, 1, 1) in the denominator; also returns its share."""
+    """`_softmax_rows_` with one extra logit per head (broadcast over rows and keys, e.g. (1, h, 1) for (r, h, L)
+    scores) in the denominator; also returns its share."""
     row_max = torch.maximum(scores.amax(dim=-1, keepdim=True), sinks)  # sinks are finite: no all -inf row
     probs = scores.sub_(row_max).exp_()
     sink = (sinks - row_max).exp_()
@@ -76,108 +80,198 @@ def _softmax_sink_rows_(scores: torch.Tensor, sinks: torch.Tensor):
     return probs.div_(denom), sink.div_(denom)
 
 
-def _chunk_probs(q, k, bias, scaling, kv, h0, h1, softcap=None, sinks=None, keep_tanh=False):
-    """Probabilities (B, h, C, T) of query heads [h0, h1) against key head kv, in fp32 (fp64 for fp64 input).
-
-    Scaling is applied to q (C x D) rather than to the (h, C, T) scores, and the bias is added in place. `softcap`:
-    scores -> softcap * tanh(scores / softcap) before the bias (Gemma2). `sinks` (H,): one extra logit per head in
-    the denominator (GPT-OSS), not part of the rows. Returns (probs, sink share (B, h, C, 1) | None, tanh | None);
-    the tanh block only when `keep_tanh` (the backward needs 1 - tanh^2).
-    """
-    acc = _acc_dtype(q)
-    scores = torch.matmul(q[:, h0:h1].to(acc) * scaling, k[:, kv : kv + 1].to(acc).transpose(-1, -2))
-    tanh = None
-    if softcap is not None:
-        scores.div_(softcap).tanh_()
-        tanh = scores.clone() if keep_tanh else None
-        scores.mul_(softcap)
-    if bias is not None:
-        scores += bias
-    if sinks is None:
-        return _softmax_rows_(scores), None, tanh
-    probs, sink = _softmax_sink_rows_(scores, sinks[h0:h1].to(acc).view(1, -1, 1, 1))
-    return probs, sink, tanh
+# A (heads x row block x keys) piece holds at most min(PIECE_ELEMENTS, C*T/4) elements, and >= 16 rows: 8 MiB in fp32
+# at most, at long T a few hundred gemm rows (the gemms are most of the time; fewer rows run them well below peak).
+PIECE_ELEMENTS = 1 << 21
+_FUSED_SOFTMAX = 1 << 15  # CPU pieces at least this big use torch's fused softmax in place; others the composite
 
 
-def _row_blocks(rows: int, heads: int):
-    """Row blocks [r0, r1) of at most max(16, rows / (4 * heads)) rows: a (heads, block, T) chunk is <= C*T / 4."""
-    step = max(16, rows // (4 * max(1, heads)))
+def _row_blocks(rows: int, heads: int, length: int):
+    """Row blocks [r0, r1): a (heads, block, length) piece within min(PIECE_ELEMENTS, C*T/4), >= 16 rows."""
+    budget = min(PIECE_ELEMENTS, rows * length // 4)
+    step = max(1, min(rows, max(16, budget // max(1, heads * length))))
     for start in range(0, rows, step):
         yield start, min(start + step, rows)
 
 
-class AttentionRowsFunction(torch.autograd.Function):
-    """Forward: mean over heads of softmax(cap(q k^T * scaling) + bias [, sink]). Backward recomputes per chunk.
+def _chunk_probs(work, qs, keys, pieces, dead, sinks, softcap, tanh_out):
+    """Probabilities of one piece, in place in `work` (r * h, L): softmax(cap(qs @ keys^T) + bias [, sink]).
 
-    Inputs: query (B, H, C, D), key (B, H_kv, T, D), bias (an additive (B|1, 1, C, T) tensor, a `RowMask`, or
-    None), scaling, max_heads, softcap (float | None), sinks ((H,) | None, differentiable), per_head (bool: the
-    (B, H, C, T) rows of every query head instead of their mean). With sinks a row sums to 1 minus the (head-mean)
-    sink share. Work goes in (row block x head chunk) pieces of at most C*T/4 elements, so beyond the returned rows
-    and their gradient forward and backward hold about one (C, T) matrix.
+    qs (r, h, D): the piece's query rows, head-minor, already scaled; keys (L, D): its key span. `pieces`: the
+    additive bias of `RowMask.pieces` for this batch row ((r|1, 1, w) each, at column offsets), `dead` (r|1,) rows
+    that see no key. `softcap`: scores -> softcap * tanh(scores / softcap) before the bias (Gemma2); its tanh goes
+    to `tanh_out` when given (the backward needs 1 - tanh^2). `sinks` (h,): one extra logit per head in the
+    denominator (GPT-OSS), not part of the rows. Returns (probs viewed (1, h, r, L), sink share (r, h, 1) | None,
+    tanh | None); the scores live head-minor, (r, h, L), so one gemm serves every head of a key/value group.
+    """
+    rows, heads, _ = qs.shape
+    scores = torch.mm(qs.view(rows * heads, -1), keys.T, out=work)
+    tanh = None
+    if softcap is not None:
+        scores.div_(softcap).tanh_()
+        tanh = tanh_out.copy_(scores.view(tanh_out.shape)) if tanh_out is not None else None
+        scores.mul_(softcap)
+    by_head = scores.view(rows, heads, -1)
+    for c0, c1, bias in pieces:
+        by_head[..., c0:c1] += bias
+    sink = None
+    if sinks is not None:
+        sink = _softmax_sink_rows_(by_head, sinks.view(1, -1, 1))[1]  # (r, h, 1)
+    elif scores.numel() >= _FUSED_SOFTMAX and scores.device.type == "cpu":
+        # out= aliasing the input: the CPU kernel reads a row before writing it (tests/capture/test_memory.py checks
+        # the values and gradients at this size); rows with every key -inf come out NaN and are zeroed
+        torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+        if dead is not None and bool(dead.any()):
+            by_head.masked_fill_(dead.view(-1, 1, 1), 0.0)
+    else:
+        _softmax_rows_(scores)
+    return by_head.transpose(0, 1).unsqueeze(0), sink, tanh
+
+
+class _Plan:
+    """The pieces of one call: batch row, key/value head, row block, head chunk; one workspace for all of them."""
+
+    def __init__(self, query, key, mask, rows, max_heads, scaling, sinks):
+        self.batch, self.num_heads, q_len, dim = query.shape
+        self.query_device = query.device
+        self.offset, self.rows, self.length, self.scaling = q_len - rows, rows, key.shape[2], scaling
+        self.acc = _acc_dtype(query)
+        self.chunks = list(_head_chunks(self.num_heads, key.shape[1], max_heads))
+        widest = max(h1 - h0 for _, h0, h1 in self.chunks)
+        self.blocks, self.mask = list(_row_blocks(rows, widest, self.length)), mask
+        self.most_rows = max((r1 - r0 for r0, r1 in self.blocks), default=0)
+        self.piece = self.most_rows * widest * self.length  # elements of the largest piece
+        self.work = self.buffer(self.piece)  # the piece's scores / probabilities / dS
+        self.qs = self.buffer(self.most_rows * widest * dim)
+        self.query, self.key, self.sinks = query, key, sinks
+
+    def buffer(self, numel):
+        return torch.empty(numel, dtype=self.acc, device=self.query_device)
+
+    def _pieces(self, r0, r1, b):
+        """`RowMask.pieces` of batch row b, with column offsets into the span and (r|1, 1, w) biases."""
+        lo, hi, pieces, dead = self.mask.pieces(r0, r1, b)
+        local = [(c0 - lo, c1 - lo, bias[0, 0].unsqueeze(1)) for c0, c1, bias in pieces]
+        return lo, hi, local, None if dead is None else dead[0]
+
+    def __iter__(self):
+        """(b, kv, h0, h1, r0, r1, lo, hi, args): `_chunk_probs`'s first six arguments for that piece."""
+        groups = {}
+        for kv, h0, h1 in self.chunks:
+            groups.setdefault(kv, []).append((h0, h1))
+        # causal / window biases are the same for every batch row and key head: built once per block (r x r each)
+        shared = self.mask.dense is None and self.mask.pad is None
+        cached = [self._pieces(r0, r1, 0) for r0, r1 in self.blocks] if shared else None
+        for b in range(self.batch):
+            for kv, chunks in groups.items():
+                keys = self.key[b, kv].to(self.acc)  # a view unless the dtype differs: one (T, D) copy per group
+                for i, (r0, r1) in enumerate(self.blocks):
+                    lo, hi, local, dead = cached[i] if shared else self._pieces(r0, r1, b)
+                    if hi <= lo:
+                        continue
+                    rows, span = r1 - r0, hi - lo
+                    for h0, h1 in chunks:
+                        q = self.query[b, h0:h1, self.offset + r0 : self.offset + r1].transpose(0, 1)
+                        qs = self.qs[: q.numel()].view(q.shape).copy_(q).mul_(self.scaling)
+                        work = self.work[: rows * (h1 - h0) * span].view(rows * (h1 - h0), span)
+                        sinks = None if self.sinks is None else self.sinks[h0:h1].to(self.acc)
+                        yield b, kv, h0, h1, r0, r1, lo, hi, (work, qs, keys[lo:hi], local, dead, sinks)
+
+
+class AttentionRowsFunction(torch.autograd.Function):
+    """Forward: mean over heads of softmax(cap(q k^T * scaling) + bias [, sink]). Backward recomputes per piece.
+
+    Inputs: query (B, H, Q, D) (the last `num_rows` rows are the captured ones; all of them when None), key
+    (B, H_kv, T, D), bias (an additive (B|1, 1, C, T) tensor, a `RowMask`, or None), scaling, max_heads, softcap
+    (float | None), sinks ((H,) | None, differentiable), per_head (bool: the (B, H, C, T) rows of every query head
+    instead of their mean). With sinks a row sums to 1 minus the (head-mean) sink share.
+
+    Memory: work goes in (head chunk x row block x key span) pieces of at most `PIECE_ELEMENTS` (or C*T/4) in one
+    reused workspace, the scores of a piece turn into its probabilities and then into dS in place, and nothing
+    (C, T)-sized is saved for backward (the rows are recomputed), so forward and backward hold the returned rows,
+    their gradient and one piece (two with softcap or heads="all"). Keys no row of a block sees (after the last
+    query under causality, before the window) are neither computed nor masked.
     """
 
     @staticmethod
-    def forward(ctx, query, key, bias, scaling, max_heads, softcap=None, sinks=None, per_head=False):
-        batch, num_heads, rows, _ = query.shape
-        mask = bias if isinstance(bias, RowMask) else RowMask.from_bias(bias)
-        chunks = list(_head_chunks(num_heads, key.shape[1], max_heads))
-        shape = (batch, num_heads, rows, key.shape[2]) if per_head else (batch, rows, key.shape[2])
-        out = torch.zeros(shape, dtype=_acc_dtype(query), device=query.device)
-        for r0, r1 in _row_blocks(rows, max(h1 - h0 for _, h0, h1 in chunks)):
-            block_bias, q = mask.block(r0, r1), query[:, :, r0:r1]
-            for kv, h0, h1 in chunks:
-                probs = _chunk_probs(q, key, block_bias, scaling, kv, h0, h1, softcap, sinks)[0]
-                if per_head:
-                    out[:, h0:h1, r0:r1] = probs
-                else:
-                    out[:, r0:r1] += probs.sum(dim=1)
+    def forward(ctx, query, key, bias, scaling, max_heads, softcap=None, sinks=None, per_head=False, num_rows=None):
+        rows = query.shape[2] if num_rows is None else num_rows
+        if isinstance(bias, RowMask):
+            mask = bias
+        else:
+            none = RowMask(None, rows, key.shape[2], False, None, query.device)
+            mask = none if bias is None else RowMask.from_bias(bias)
+        plan = _Plan(query, key, mask, rows, max_heads, scaling, sinks)
+        shape = (plan.batch, plan.num_heads, rows, plan.length) if per_head else (plan.batch, rows, plan.length)
+        out = torch.zeros(shape, dtype=plan.acc, device=query.device)
+        head_sum = None if per_head else plan.buffer(plan.most_rows * plan.length)
+        for b, _, h0, h1, r0, r1, lo, hi, args in plan:
+            probs = _chunk_probs(*args, softcap, None)[0][0]  # (h, r, L)
+            if per_head:
+                out[b, h0:h1, r0:r1, lo:hi] = probs
+            else:
+                total = head_sum[: (r1 - r0) * (hi - lo)].view(r1 - r0, hi - lo)
+                out[b, r0:r1, lo:hi] += torch.sum(probs.transpose(0, 1), dim=1, out=total)
         if not per_head:
-            out /= num_heads
+            out /= plan.num_heads
         ctx.save_for_backward(query, key, sinks, *mask.tensors())
         ctx.mask, ctx.scaling, ctx.max_heads, ctx.softcap, ctx.per_head = mask, scaling, max_heads, softcap, per_head
+        ctx.rows = rows
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         query, key, sinks = ctx.saved_tensors[:3]
-        mask, num_heads, softcap = ctx.mask, query.shape[1], ctx.softcap
-        acc = _acc_dtype(query)
+        softcap, per_head = ctx.softcap, ctx.per_head
+        plan = _Plan(query, key, ctx.mask, ctx.rows, ctx.max_heads, ctx.scaling, sinks)
+        acc, num_heads = plan.acc, plan.num_heads
         need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_sink = sinks is not None and ctx.needs_input_grad[6]
         dq = torch.zeros(query.shape, dtype=acc, device=query.device) if need_q else None
         dk = torch.zeros(key.shape, dtype=acc, device=key.device) if need_k else None
         dsink = torch.zeros(num_heads, dtype=acc, device=query.device) if need_sink else None
-        chunks = list(_head_chunks(num_heads, key.shape[1], ctx.max_heads))
-        for r0, r1 in _row_blocks(query.shape[2], max(h1 - h0 for _, h0, h1 in chunks)):
-            block_bias, q = mask.block(r0, r1), query[:, :, r0:r1]
-            if not ctx.per_head:
-                grad = (grad_out[:, r0:r1].to(acc) / num_heads).unsqueeze(1)  # (B, 1, r, T), same for every head
-            for kv, h0, h1 in chunks:
-                if ctx.per_head:  # (B, h, r, T): each head its own gradient
-                    grad = grad_out[:, h0:h1, r0:r1].to(acc)
-                probs, sink, tanh = _chunk_probs(q, key, block_bias, ctx.scaling, kv, h0, h1, softcap, sinks, True)
-                # softmax backward p * (g - sum(p * g)), as p*g - p*sum(p*g) in two passes; scaling goes on the
-                # small (r x D) / (T x D) products instead of the (h, r, T) block. A sink's own gradient is 0 (not
-                # in the rows), so it only enters through its share of the denominator: d sink = -p_sink * sum(p*g).
-                dscores = probs * grad
-                delta = dscores.sum(dim=-1, keepdim=True)
-                dscores.addcmul_(probs, delta, value=-1.0)
-                del probs
-                if need_sink:
-                    dsink[h0:h1] += -(sink * delta).sum(dim=(0, 2, 3))
-                if tanh is not None:  # d(cap * tanh(s / cap)) / ds = 1 - tanh^2
-                    dscores.mul_(tanh.mul_(tanh).neg_().add_(1.0))
-                    del tanh
-                if need_q:
-                    dq[:, h0:h1, r0:r1] = torch.matmul(dscores, key[:, kv : kv + 1].to(acc)) * ctx.scaling
-                if need_k:
-                    dk_chunk = torch.matmul(dscores.transpose(-1, -2), q[:, h0:h1].to(acc)).sum(dim=1)
-                    dk[:, kv] += dk_chunk * ctx.scaling
-                del dscores
+        # second piece-sized buffers: softcap's tanh, heads="all"'s p * g; a row slice for g - delta; a dQ piece
+        tanh_buf = plan.buffer(plan.piece) if softcap is not None else None
+        pg_buf = plan.buffer(plan.piece) if per_head else None
+        row = None if per_head else plan.buffer(plan.most_rows * plan.length)
+        dq_piece = torch.empty_like(plan.qs) if need_q else None
+        inv = 1.0 if per_head else 1.0 / num_heads  # the head mean's 1/H, applied to dQ, dK, d sinks
+        for b, kv, h0, h1, r0, r1, lo, hi, args in plan:
+            work, qs, keys = args[:3]
+            rows, heads, span = r1 - r0, h1 - h0, hi - lo
+            tanh_out = None if tanh_buf is None else tanh_buf[: work.numel()].view(rows, heads, span)
+            probs, sink, tanh = _chunk_probs(*args, softcap, tanh_out)
+            probs = probs[0].transpose(0, 1)  # (r, h, L), contiguous: the work buffer
+            # softmax backward dS = p * (g - sum(p * g)), in place in the work buffer. A sink's own gradient is 0
+            # (not in the rows), so it only enters through its share of the denominator: d sink = -p_sink * delta.
+            if per_head:
+                grad = grad_out[b, h0:h1, r0:r1, lo:hi].transpose(0, 1).to(acc)  # (r, h, L): each head its own
+                pg = torch.mul(probs, grad, out=pg_buf[: work.numel()].view(probs.shape))
+                delta = pg.sum(dim=-1, keepdim=True)
+                dscores = pg.addcmul_(probs, delta, value=-1.0)
+            else:
+                grad = grad_out[b, r0:r1, lo:hi].to(acc)  # (r, L), the same for every head
+                delta = torch.bmm(probs, grad.unsqueeze(-1))  # (r, h, 1)
+                tmp = row[: rows * span].view(rows, span)
+                for j in range(heads):
+                    probs[:, j].mul_(torch.sub(grad, delta[:, j], out=tmp))
+                dscores = probs
+            if need_sink:
+                dsink[h0:h1] -= (sink * delta).sum(dim=(0, 2)) * inv
+            if tanh is not None:  # d(cap * tanh(s / cap)) / ds = 1 - tanh^2
+                dscores.mul_(tanh.mul_(tanh).neg_().add_(1.0))
+            flat = dscores.view(rows * heads, span)
+            if need_q:
+                piece = torch.mm(flat, keys, out=dq_piece[: qs.numel()].view(rows * heads, -1))
+                dq[b, h0:h1, plan.offset + r0 : plan.offset + r1] = piece.view(qs.shape).transpose(0, 1)
+            if need_k:
+                dk[b, kv, lo:hi].addmm_(flat.T, qs.view(rows * heads, -1), alpha=inv)
+        if need_q:
+            dq.mul_(ctx.scaling * inv)
         dq = dq.to(query.dtype) if need_q else None
         dk = dk.to(key.dtype) if need_k else None
         dsink = dsink.to(sinks.dtype) if need_sink else None
-        return dq, dk, None, None, None, None, dsink, None
+        return dq, dk, None, None, None, None, dsink, None, None
 
 
 def normalize_mask(
@@ -267,11 +361,11 @@ def attention_rows(
     rows = q_len if num_rows is None else min(int(num_rows), q_len)
     scaling = head_dim**-0.5 if scaling is None else float(scaling)
     causal = is_causal and q_len > 1
-    q_rows = query[:, :, q_len - rows :].contiguous()
     if resolve_backend(backend, query.device) == "triton":
         module, _ = _triton_module()
         if query.dtype in module.SUPPORTED_DTYPES and key.dtype == query.dtype:
             extras = {"softcap": softcap, "sinks": sinks, "sliding_window": sliding_window, "per_head": per_head}
+            q_rows = query[:, :, q_len - rows :].contiguous()
             return module.attention_rows_triton(q_rows, key, attention_mask, scaling, causal, **extras)
         reason = f"dtypes {query.dtype}/{key.dtype} (Triton kernels take matching fp16, bf16 or fp32)"
         if reason not in _warned:
@@ -280,4 +374,4 @@ def attention_rows(
     bias = RowMask(attention_mask, rows, key.shape[2], causal, sliding_window, query.device)
     softcap = None if softcap is None else float(softcap)
     max_heads = max_heads or DEFAULT_MAX_HEADS
-    return AttentionRowsFunction.apply(q_rows, key, bias, scaling, max_heads, softcap, sinks, per_head)
+    return AttentionRowsFunction.apply(query, key, bias, scaling, max_heads, softcap, sinks, per_head, rows)

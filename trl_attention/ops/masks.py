@@ -95,7 +95,9 @@ class RowMask:
 
     Same semantics as `normalize_mask` (None / 2D padding / 4D bool / 4D additive float, bottom-right causality, a
     sliding window for None and 2D masks), but nothing of size C x T is built up front: a 4D mask is kept as the
-    caller's view, causality and the window are arange comparisons per block.
+    caller's view, causality and the window are arange comparisons per block. `pieces` goes further for the torch
+    kernel: the key span a row block can see at all, and bias only where its rows disagree (the r x r diagonal of a
+    causal mask, the window's left edge), so the kernel neither computes nor masks keys no row of the block sees.
     """
 
     def __init__(self, attention_mask, rows: int, kv_len: int, is_causal: bool, sliding_window, device):
@@ -131,24 +133,61 @@ class RowMask:
 
     def block(self, r0: int, r1: int):
         """Additive bias (B|1, 1, r1 - r0, T) for rows [r0, r1), fp32 (fp64 for an fp64 mask), or None."""
+        if self.dense is None and not (self.causal or self.window is not None or self.pad is not None):
+            return None
+        return self._bias(r0, r1, 0, self.kv_len)
+
+    def pieces(self, r0: int, r1: int, batch: int | None = None):
+        """(lo, hi, [(c0, c1, bias (B|1, 1, r, c1 - c0))], dead) for rows [r0, r1) (of batch row `batch` only:
+        (1, 1, r, c1 - c0) biases, when given).
+
+        Every row of the block is masked outside keys [lo, hi) (causality, window) and sees every key of [lo, hi)
+        outside the pieces; `dead` (B|1, r) bool marks rows that see no key at all (only possible when one piece
+        covers [lo, hi): padding, a 4D mask, queries before the first key), else None.
+        """
+        lo, hi = 0, self.kv_len
+        first, last = self.kv_len - self.rows + r0, self.kv_len - self.rows + r1 - 1  # query positions
+        if self.dense is None:
+            hi = min(hi, last + 1) if self.causal else hi
+            lo = max(lo, first - self.window + 1) if self.window is not None else lo
+        if hi <= lo:
+            return lo, lo, [], None
+        if self.dense is not None or self.pad is not None:
+            spans = [(lo, hi)]
+        else:  # causal: keys after the block's first query differ by row; window: keys before its last one's start
+            spans = [(lo, min(hi, last - self.window + 1))] if self.window is not None else []
+            if self.causal:
+                spans.append((max(lo, first + 1), hi))
+            spans = [(c0, c1) for c0, c1 in spans if c1 > c0]
+            if len(spans) == 2 and spans[1][0] <= spans[0][1]:
+                spans = [(spans[0][0], spans[1][1])]
+        pieces = [(c0, c1, self._bias(r0, r1, c0, c1, batch)) for c0, c1 in spans]
+        dead = None
+        if len(spans) == 1 and spans[0] == (lo, hi):
+            dead = (pieces[0][2] == float("-inf")).all(dim=-1)[:, 0]
+        return lo, hi, pieces, dead
+
+    def _bias(self, r0: int, r1: int, c0: int, c1: int, batch: int | None = None):
+        """Additive bias (B|1, 1, r1 - r0, c1 - c0) of rows [r0, r1) over keys [c0, c1) (of one batch row)."""
+        rows_of = (lambda t: t) if batch is None else (lambda t: t[batch : batch + 1] if t.shape[0] > 1 else t)
         if self.dense is not None:
-            dense = self.dense[..., r0:r1, :]
+            dense = rows_of(self.dense)[..., r0:r1, c0:c1]
             if dense.dtype != torch.bool:
                 return dense.to(torch.float64 if dense.dtype == torch.float64 else torch.float32)
             keep = dense
-        elif not (self.causal or self.window is not None or self.pad is not None):
-            return None
         else:
-            keep = self.pad
+            keep = None if self.pad is None else rows_of(self.pad)[..., c0:c1]
             if self.causal or self.window is not None:
                 query_pos = torch.arange(
                     self.kv_len - self.rows + r0, self.kv_len - self.rows + r1, device=self.device
                 )
-                key_pos = torch.arange(self.kv_len, device=self.device)[None, :]
+                key_pos = torch.arange(c0, c1, device=self.device)[None, :]
                 near = key_pos <= query_pos[:, None] if self.causal else None
                 if self.window is not None:
                     inside = key_pos > query_pos[:, None] - self.window
                     near = inside if near is None else near & inside
                 keep = near[None, None] if keep is None else keep & near
+            if keep is None:  # padding-free, causal-free: every key visible
+                keep = torch.ones((1, 1, r1 - r0, c1 - c0), dtype=torch.bool, device=self.device)
         zero = torch.zeros((), dtype=torch.float32, device=keep.device)
         return torch.where(keep, zero, torch.full((), float("-inf"), device=keep.device))
