@@ -149,6 +149,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if args.image_size % 28:  # the processor would resize it, and the box -> token mapping assumes it does not
+        p.error(f"--image-size must be a multiple of 28 (one visual token per 28 px cell), got {args.image_size}")
     torch.set_num_threads(args.threads)
     data = make_grounding_dataset(args.n_train + args.n_eval, seed=args.seed, image_size=args.image_size)
     baseline = majority_accuracy(data.select(range(args.n_train)), data.select(range(args.n_train, len(data))))

@@ -6,6 +6,7 @@ import copy
 import re
 import sys
 
+import pytest
 import torch
 
 from tests.testing_utils import ROOT
@@ -64,3 +65,11 @@ def test_attention_loss_moves_attention_onto_the_box(capsys):
     assert probe.main(argv) == 0
     _, plain = _shares(capsys.readouterr().out)
     assert supervised > start + 0.25 and supervised > plain + 0.25, (start, supervised, plain)
+
+
+def test_image_size_off_the_token_grid_is_an_error(capsys):
+    """A size the processor would resize breaks the box -> token mapping: refused, naming the flag."""
+    probe = _probe_module()
+    with pytest.raises(SystemExit):
+        probe.main(["--image-size", "100"])
+    assert "--image-size must be a multiple of 28" in capsys.readouterr().err
