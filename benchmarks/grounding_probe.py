@@ -1,11 +1,11 @@
 """Can the tiny VLM learn to read the object a question names? A direct probe, with controls (docs/demo.md).
 
 Trains the tiny Qwen2.5-VL (all of it, the patch embedding included, via a Linear view of its Conv3d) to predict
-the answer word right after `<answer>` on the demo's grounding rows (`make_grounding_dataset`: 1-3 shapes of
-distinct colours and types), as a classification over the answer words, and prints held-out accuracy every
+the answer word right after `<answer>` on the free-layout grounding rows (`make_grounding_dataset`'s default: 1-3
+shapes of distinct colours and types anywhere on the image), as a classification over the answer words, and prints held-out accuracy every
 `--every` steps next to the image-blind baseline. Controls:
 
-  none   the task as the demo has it
+  none   the free-layout task (the demo's before it moved to the grid layout, docs/demo.md)
   fill   the image is replaced by one filled with the target's colour (no selection needed: colour questions are
          answerable from any token; shape questions are not)
   text   the prompt also says "It is a <colour> <shape>." (the answer is in the text: the pipeline can learn)

@@ -253,6 +253,65 @@ def test_dataset_content(data):
     assert len(set(data["answer"])) > 3
 
 
+
+def test_default_dataset_is_unchanged_by_the_grid_options():
+    # Pinned from the implementation before `layout` etc. existed: datasets built with the defaults stay the same.
+    rows = make_grounding_dataset(16, seed=5)
+    assert rows["box"][:3] == [[9, 17, 34, 42], [26, 27, 46, 47], [25, 49, 50, 74]]
+    assert rows["answer"][:3] == ["square", "square", "circle"]
+    assert all(len(row["prompt"]) == 1 for row in rows)
+
+
+def _extents(pixels):
+    """{colour: [x0, y0, x1, y1]} of every palette colour present in the image."""
+    out = {}
+    for name, rgb in COLORS.items():
+        ys, xs = np.nonzero((pixels == np.array(rgb)).all(-1))
+        if len(xs):
+            out[name] = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    return out
+
+
+def test_grid_layout_objects_own_their_2x2_token_slots(vlm):
+    _, processor = vlm
+    rows = make_grounding_dataset(
+        40, seed=3, image_size=168, layout="grid", questions="colour", min_shapes=2, max_shapes=3, system_prompt=""
+    )
+    grid = [1, 12, 12]  # 168 px -> 12x12 patches -> 6x6 merged tokens of 28 px
+    for row in rows:
+        objects = _extents(np.array(row["image"]))
+        assert 2 <= len(objects) <= 3 and row["answer"] in COLORS and row["answer"] == row["target_color"]
+        assert objects[row["target_color"]] == row["box"]
+        masks = [box_to_token_mask(box, 168, grid).reshape(6, 6) for box in objects.values()]
+        for mask in masks:  # exactly one aligned 2x2 block of tokens
+            ys, xs = np.nonzero(mask.numpy())
+            assert mask.sum() == 4 and ys.min() % 2 == 0 and xs.min() % 2 == 0
+            assert ys.max() - ys.min() == 1 and xs.max() - xs.min() == 1
+        assert sum(masks).max() == 1  # no token shared by two objects
+        system, user = row["prompt"]
+        assert system["role"] == "system" and system["content"][0]["text"] == ""
+        assert user["content"][1]["text"] == f"What colour is the {row['target_shape']}?"
+    text = processor.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n") and "helpful" not in text
+    assert {len(_extents(np.array(r["image"]))) for r in rows} == {2, 3}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(layout="grid", image_size=140), "multiple of 28 \\* object_cells = 56"),
+        (dict(layout="grid", image_size=112, object_cells=4, min_shapes=2), "do not fit the 1x1 grid"),
+        (dict(layout="rows"), "layout must be"),
+        (dict(questions="size"), "questions 'both'"),
+        (dict(max_shapes=4), "max_shapes <= 3"),
+        (dict(min_shapes=3, max_shapes=2), "min_shapes <= max_shapes"),
+    ],
+)
+def test_dataset_options_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_grounding_dataset(4, **kwargs)
+
+
 # ----------------------------------------------------------------------------------------------- box -> tokens
 
 

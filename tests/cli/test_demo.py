@@ -29,6 +29,7 @@ def demo_dir(tmp_path_factory):
         "demo", "--output_dir", str(out), "--num_samples", "8", "--eval_samples", "4", "--sft_steps", "3",
         "--max-steps", str(MAX_STEPS), "--per_device_train_batch_size", "4", "--num_generations", "2",
         "--max_completion_length", "6", "--learning_rate", "1e-2", "--threads", "1", "--seed", "0",
+        "--image_size", "112", "--sft_batch_size", "4", "--sft_warmup_steps", "1",
     ]  # fmt: skip
     assert cli.main(argv) == 0
     return out
@@ -58,7 +59,8 @@ def test_demo_writes_models_metrics_and_plots(demo_dir):
     for result in summary["results"].values():
         assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["region_share"] <= 1.0
         assert 0.0 < result["image_mass"] < 1.0 and 0.0 < result["entropy"] <= math.log(16) + 1e-6
-    assert 0.0 < summary["box_token_share"] < 1.0 and 0.0 <= summary["majority_accuracy"] <= 1.0
+    assert summary["box_token_share"] == 0.25  # the grid task: each object owns a 2x2-token slot of the 4x4 tokens
+    assert 0.0 <= summary["majority_accuracy"] <= 1.0
 
     rows = json.loads((demo_dir / "metrics.json").read_text())
     by_arm = {arm: [r for r in rows if r["arm"] == arm] for arm in ("sft", "grpo", "ral")}
@@ -145,6 +147,7 @@ def test_help_lists_demo_config_fields(capsys):
     assert cli.main(["--help"]) == 0 and "demo" in capsys.readouterr().out
     assert cli.main(["demo", "--max_steps", "not-a-number"]) == 2
     assert cli.main(["demo", "--sft_steps", "-1"]) == 2
+    assert cli.main(["demo", "--image_size", "140"]) == 2  # not a multiple of the 56 px slot
     assert cli.main(["demo", "--per_device_train_batch_size", "6", "--num_generations", "4"]) == 2
     assert "multiple of num_generations" in capsys.readouterr().err
 

@@ -68,7 +68,33 @@ def _place(rng: random.Random, n: int, image_size: int, gap: int = 2) -> list[li
         hi = max(lo, hi - 2)  # crowded: retry with smaller shapes
 
 
-def make_grounding_dataset(n: int, seed: int = 0, image_size: int = 112) -> Dataset:
+def _place_on_grid(rng: random.Random, n: int, image_size: int, cells: int, inset: int) -> list[list[int]]:
+    """``n`` boxes in distinct slots of a grid of ``cells`` x ``cells`` visual tokens (28 px each), ``inset`` px in
+    from the slot's edges: each object covers exactly its slot's tokens and no other's."""
+    side = 28 * cells
+    if image_size % side or not 0 <= inset < side // 4:
+        raise ValueError(
+            f"layout='grid' needs image_size a multiple of 28 * object_cells = {side} and 0 <= inset < {side // 4};"
+            f" got image_size={image_size}, inset={inset}"
+        )
+    slots = image_size // side
+    if n > slots * slots:
+        raise ValueError(f"{n} objects do not fit the {slots}x{slots} grid of image_size={image_size}")
+    picked = rng.sample([(i, j) for i in range(slots) for j in range(slots)], n)
+    return [[j * side + inset, i * side + inset, (j + 1) * side - inset, (i + 1) * side - inset] for i, j in picked]
+
+
+def make_grounding_dataset(
+    n: int,
+    seed: int = 0,
+    image_size: int = 112,
+    layout: str = "free",
+    object_cells: int = 2,
+    questions: str = "both",
+    min_shapes: int = 1,
+    max_shapes: int = 3,
+    system_prompt: str | None = None,
+) -> Dataset:
     """``n`` synthetic grounding examples: 1-3 shapes on a plain background, one target asked about.
 
     Shapes in an image have distinct colours *and* distinct types, so both question kinds are unambiguous:
@@ -77,23 +103,42 @@ def make_grounding_dataset(n: int, seed: int = 0, image_size: int = 112) -> Data
     holds the same box in the SAYO convention (per image, a list of boxes) and ``solution`` repeats ``answer``.
     The ``image`` column holds one PIL image per row: TRL 1.16's GRPOTrainer reads ``images`` (a list) or
     ``image`` (wrapped as ``[image]``) and fills the ``{"type": "image"}`` placeholder of ``prompt`` with it.
+
+    ``layout="free"`` places shapes of 18-32% of the image anywhere (they straddle token cells); ``layout="grid"``
+    puts each in its own slot of ``object_cells`` x ``object_cells`` visual tokens (the demo's task: the tiny model
+    learns it in minutes, docs/demo.md). ``questions``: ``"both"`` kinds, or only ``"colour"`` / ``"shape"``.
+    ``system_prompt``: None keeps the chat template's default system turn (11 tokens); a string (``""`` too) is
+    sent as the system turn instead (a shorter prompt: the tiny model learns the grid task faster without it).
     """
+    if layout not in ("free", "grid") or questions not in ("both", "colour", "shape"):
+        raise ValueError(
+            f"layout must be 'free' or 'grid', questions 'both', 'colour' or 'shape'; got {layout!r}, {questions!r}"
+        )
+    if not 1 <= min_shapes <= max_shapes <= len(SHAPES):
+        raise ValueError(f"need 1 <= min_shapes <= max_shapes <= {len(SHAPES)}, got {min_shapes}, {max_shapes}")
+    system = (
+        [] if system_prompt is None else [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}]
+    )
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        k = rng.randint(1, 3)
+        k = rng.randint(min_shapes, max_shapes)
         shapes = rng.sample(SHAPES, k)
         colors = rng.sample(sorted(COLORS), k)
-        boxes = _place(rng, k, image_size)
+        if layout == "grid":
+            boxes = _place_on_grid(rng, k, image_size, object_cells, inset=max(1, 3 * object_cells // 2))
+        else:
+            boxes = _place(rng, k, image_size)
         image = render_shapes(shapes, colors, boxes, image_size)
         t = rng.randrange(k)
-        if rng.random() < 0.5:
+        if questions == "colour" or (questions == "both" and rng.random() < 0.5):
             question, answer = _QUESTION_COLOR.format(shape=shapes[t]), colors[t]
         else:
             question, answer = _QUESTION_SHAPE.format(color=colors[t]), shapes[t]
         rows.append(
             {
-                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+                "prompt": system
+                + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
                 "image": image,
                 "answer": answer,
                 "solution": answer,  # the SAYO / accuracy-reward column name
