@@ -30,17 +30,43 @@ from evidence_data import FORMATS, make_distractor_dataset  # noqa: E402
 from evidence_report import markdown_table, plot, summarise, write_json  # noqa: E402
 from evidence_train import ABLATION_ARMS, ARMS, load, train_rl, train_sft  # noqa: E402
 
-from trl_attention.evaluation import box_token_share, evaluate  # noqa: E402
+from trl_attention.evaluation import box_token_share, evaluate, majority_accuracy  # noqa: E402
 
 ALL_ARMS = {**ARMS, **ABLATION_ARMS}
 # Full run; --quick replaces these. Both are the same pipeline, only seeds / steps / held-out rows differ.
 FULL = dict(seeds=5, sft_steps=200, teacher_steps=300, rl_steps=50, n_eval=96)
 QUICK = dict(seeds=2, sft_steps=100, teacher_steps=120, rl_steps=10, n_eval=64)
+# --task grid (the demo's task, where SFT learns: docs/demo.md) changes these defaults. "free" keeps TRL's
+# trainer defaults (bf16 autocast on CPU included) so the published free-layout table reproduces.
+TASKS = {
+    "free": dict(n_train=512, sft_batch=8, rl_batch=8, rl_lr=1e-3, shapes=(3, 4), sft_extra={}, rl_extra={}),
+    "grid": dict(
+        n_train=4096,
+        sft_batch=16,
+        rl_batch=16,
+        rl_lr=3e-4,
+        shapes=(2, 3),
+        sft_extra=dict(warmup_steps=100, adam_beta2=0.95, bf16=False),
+        rl_extra=dict(bf16=False),
+    ),
+}
+GRID_RUN = {
+    False: dict(sft_steps=600, teacher_steps=900, rl_steps=100, n_eval=128),
+    True: dict(seeds=2, teacher_steps=300, rl_steps=30),  # --quick
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the ~10 minute form: " + str(QUICK))
+    p.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default="free",
+        help="free: shapes anywhere, colour and shape questions (the tiny model does not learn it); grid: each "
+        f"object on its own 2x2-token slot, colour questions (the demo's task); grid sets {TASKS['grid']} and "
+        f"steps {GRID_RUN}",
+    )
     p.add_argument("--ablation", action="store_true", help="arms grpo, ral and the RAL ablations instead")
     p.add_argument("--arms", nargs="+", choices=sorted(ALL_ARMS), help="arms to run (default: the six methods)")
     p.add_argument("--seeds", type=int, help=f"RL seeds per arm (default {FULL['seeds']})")
@@ -48,23 +74,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-steps", type=int, help=f"teacher SFT steps (default {FULL['teacher_steps']})")
     p.add_argument("--rl-steps", type=int, help=f"RL optimiser steps per arm (default {FULL['rl_steps']})")
     p.add_argument("--n-eval", type=int, help=f"held-out rows (default {FULL['n_eval']})")
-    p.add_argument("--n-train", type=int, default=512, help="training rows (SFT and RL prompts)")
+    p.add_argument("--n-train", type=int, help="training rows (SFT and RL prompts; default 512)")
     p.add_argument("--image-size", type=int, default=224, help="square images; (size/28)^2 visual tokens")
-    p.add_argument("--sft-batch", type=int, default=8)
+    p.add_argument("--sft-batch", type=int, help="SFT rows per step (default 8)")
     p.add_argument("--sft-lr", type=float, default=3e-3)
-    p.add_argument("--rl-batch", type=int, default=8, help="completions per step")
+    p.add_argument("--rl-batch", type=int, help="completions per step (default 8)")
     p.add_argument("--generations", type=int, default=4, help="completions per prompt (GRPO group)")
-    p.add_argument("--rl-lr", type=float, default=1e-3)
+    p.add_argument("--rl-lr", type=float, help="RL learning rate (default 1e-3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 per free core)")
-    p.add_argument("--output-dir", help="default outputs/evidence (outputs/evidence_quick with --quick)")
+    p.add_argument("--output-dir", help="default outputs/evidence[_grid][_quick]")
     p.add_argument("--progress", action="store_true", help="show the trainers' progress bars")
     args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
+    defaults = {**(QUICK if args.quick else FULL), **TASKS[args.task]}
+    if args.task == "grid":
+        defaults.update(GRID_RUN[False], **(GRID_RUN[True] if args.quick else {}))
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.arms is None:
         args.arms = ["grpo", "ral", *ABLATION_ARMS] if args.ablation else list(ARMS)
-    args.output_dir = Path(args.output_dir or ("outputs/evidence_quick" if args.quick else "outputs/evidence"))
+    suffix = ("_grid" if args.task == "grid" else "") + ("_quick" if args.quick else "")
+    args.output_dir = Path(args.output_dir or f"outputs/evidence{suffix}")
     args.max_completion = {"reasoning": 32, "answer": 16}
     return args
 
@@ -84,9 +114,11 @@ def run(args) -> dict:
     ckpt = out / "checkpoints"
     arms = {name: ALL_ARMS[name] for name in args.arms}
     fmts = [f for f in FORMATS if any(arm.fmt == f for arm in arms.values())]
-    train = {f: make_distractor_dataset(args.n_train, seed=1, image_size=args.image_size, fmt=f) for f in fmts}
-    held = {f: make_distractor_dataset(args.n_eval, seed=10_000, image_size=args.image_size, fmt=f) for f in fmts}
+    task = dict(image_size=args.image_size, shapes=args.shapes, layout=args.task)
+    train = {f: make_distractor_dataset(args.n_train, seed=1, fmt=f, **task) for f in fmts}
+    held = {f: make_distractor_dataset(args.n_eval, seed=10_000, fmt=f, **task) for f in fmts}
     chance = box_token_share(next(iter(held.values())), args.image_size)
+    blind = majority_accuracy(next(iter(train.values())), next(iter(held.values())))
 
     students, baselines = {}, {}
     for f in fmts:  # one SFT checkpoint per format, shared by every arm and seed (as in the papers)
@@ -143,7 +175,8 @@ def run(args) -> dict:
     wall = time.perf_counter() - start
     header = (
         f"Held-out set: {args.n_eval} rows, {(args.image_size // 28) ** 2} visual tokens per image; the target "
-        f"box covers {chance:.3f} of them on average (the region share of uniform attention). Mean ± 95% "
+        f"box covers {chance:.3f} of them on average (the region share of uniform attention); image-blind "
+        f"baseline accuracy {blind:.3f} (the commonest training answer per question kind). Mean ± 95% "
         f"t-interval half-width over {args.seeds} seed(s); Δ = paired difference to grpo on the same seed (none for ral_zero: other format and checkpoint). "
         f"Wall time {wall / 60:.1f} min."
     )
@@ -151,6 +184,7 @@ def run(args) -> dict:
         "command": command,
         "config": {k: v if not isinstance(v, Path) else str(v) for k, v in vars(args).items()},
         "box_token_share": chance,
+        "majority_accuracy": blind,
         "wall_seconds": wall,
         "summary": rows,
         "baselines": baselines,

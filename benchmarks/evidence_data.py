@@ -9,7 +9,7 @@ import random
 from datasets import Dataset
 
 from trl_attention.tiny import COLORS, SHAPES
-from trl_attention.tiny.data import _QUESTION_COLOR, _QUESTION_SHAPE, _place, render_shapes
+from trl_attention.tiny.data import _QUESTION_COLOR, _QUESTION_SHAPE, _place, _place_on_grid, render_shapes
 
 # RAL's format (think + answer) and RAL-zero's (answer only). Shorter than `trl_attention.recipes.PROMPT_FORMATS`
 # (72 / 34 tokens of the tiny tokenizer): on 2 CPU cores prompt length is compute, and SFT teaches the format.
@@ -17,36 +17,55 @@ INSTRUCTIONS = {"reasoning": " Think, then answer.", "answer": " Answer only."}
 FORMATS = tuple(INSTRUCTIONS)
 
 
-def completion_text(row: dict, fmt: str) -> str:
-    """The SFT target: `<think>colour shape</think><answer>..</answer>` (reasoning) or `<answer>..</answer>`."""
+def completion_text(row: dict, fmt: str, layout: str = "free") -> str:
+    """The SFT target: `<think>colour shape</think><answer>..</answer>` (reasoning) or `<answer>..</answer>`.
+
+    On the grid layout the thought names the shape first (`<think>circle red</think>`): the question's shape, copied,
+    then its colour. The tiny model learned that order better (held-out accuracy 0.305 vs 0.203 after 600 SFT steps,
+    one run each, docs/evidence.md)."""
     answer = f"<answer>{row['answer']}</answer>"
-    return f"<think>{row['target_color']} {row['target_shape']}</think>{answer}" if fmt == "reasoning" else answer
+    if fmt != "reasoning":
+        return answer
+    first, second = ("target_shape", "target_color") if layout == "grid" else ("target_color", "target_shape")
+    return f"<think>{row[first]} {row[second]}</think>{answer}"
 
 
-def make_distractor_dataset(n: int, seed: int, image_size: int = 224, shapes=(3, 4), fmt: str = "reasoning"):
-    """`n` rows: `shapes` (min, max) shapes of distinct colours (types may repeat) on one image, a question about
-    one of them. Colour questions are asked only about a shape type that occurs once, so every question has one
-    answer. Columns as `trl_attention.tiny.make_grounding_dataset` (`boxes` per image for SAYO), with the
-    prompt format's instruction appended to the question."""
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+def make_distractor_dataset(
+    n: int, seed: int, image_size: int = 224, shapes=(3, 4), fmt: str = "reasoning", layout: str = "free"
+):
+    """`n` rows: `shapes` (min, max) shapes of distinct colours on one image, a question about one of them.
+    Columns as `trl_attention.tiny.make_grounding_dataset` (`boxes` per image for SAYO), with the prompt format's
+    instruction appended to the question.
+
+    `layout="free"`: shapes anywhere, types may repeat, colour questions only about a type that occurs once (every
+    question has one answer), else shape questions. `layout="grid"` (the demo's task, where the tiny model learns):
+    each shape alone on a 2x2-token slot, distinct types, colour questions only, an empty system turn."""
+    if fmt not in FORMATS or layout not in ("free", "grid"):
+        raise ValueError(f"fmt must be one of {FORMATS} and layout 'free' or 'grid', got {fmt!r}, {layout!r}")
+    if layout == "grid" and shapes[1] > len(SHAPES):
+        raise ValueError(f"layout='grid' asks colour questions about distinct types: at most {len(SHAPES)} shapes")
+    system = [{"role": "system", "content": [{"type": "text", "text": ""}]}] if layout == "grid" else []
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         k = rng.randint(*shapes)
         colors = rng.sample(sorted(COLORS), k)
-        kinds = [rng.choice(SHAPES) for _ in range(k)]
-        boxes = _place(rng, k, image_size)
+        if layout == "grid":
+            kinds = rng.sample(SHAPES, k)
+            boxes = _place_on_grid(rng, k, image_size, cells=2, inset=3)
+        else:
+            kinds = [rng.choice(SHAPES) for _ in range(k)]
+            boxes = _place(rng, k, image_size)
         image = render_shapes(kinds, colors, boxes, image_size)
         t = rng.randrange(k)
-        if kinds.count(kinds[t]) == 1 and rng.random() < 0.5:
+        if layout == "grid" or (kinds.count(kinds[t]) == 1 and rng.random() < 0.5):
             question, answer = _QUESTION_COLOR.format(shape=kinds[t]), colors[t]
         else:
             question, answer = _QUESTION_SHAPE.format(color=colors[t]), kinds[t]
         text = question + INSTRUCTIONS[fmt]
         rows.append(
             {
-                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
+                "prompt": system + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
                 "image": image,
                 "answer": answer,
                 "solution": answer,

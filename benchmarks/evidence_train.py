@@ -90,8 +90,9 @@ def train_sft(cfg, dataset, fmt: str, seed: int, steps: int, path: str, teacher:
         learning_rate=cfg.sft_lr,
         batch_size=cfg.sft_batch,
         seed=seed,
-        completion=lambda row: completion_text(row, fmt),
+        completion=lambda row: completion_text(row, fmt, cfg.task),
         disable_tqdm=not cfg.progress,
+        **cfg.sft_extra,
     )
     return path
 
@@ -131,6 +132,7 @@ def train_rl(cfg, arm: Arm, checkpoint: str, dataset, seed: int, out: str, teach
         attn_heads=arm.attn_heads,
         reward_weights=weights,
         **extra,
+        **cfg.rl_extra,
     )
     kwargs = {"teacher_model": teacher} if arm.distill else {}
     trainer = _quiet(

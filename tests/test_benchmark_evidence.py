@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.testing_utils import ROOT
 
 BENCHMARKS = ROOT / "benchmarks"
@@ -43,6 +45,37 @@ def test_distractor_rows_have_one_answer_and_sayo_boxes():
         x0, y0, x1, y1 = row["box"]
         assert row["image"].getpixel(((x0 + x1) // 2, (y0 + 2 * y1) // 3)) != (245, 245, 245)  # the target is drawn
         assert row["prompt"][0]["content"][1]["text"].endswith(data.INSTRUCTIONS["answer"])
+
+
+def test_free_layout_rows_are_unchanged_by_the_grid_option():
+    data = _evidence_data()
+    rows = data.make_distractor_dataset(12, seed=3, fmt="reasoning")  # pinned before `layout` existed
+    assert rows["box"][:2] == [[155, 3, 199, 47], [34, 93, 102, 161]]
+    assert rows["answer"][:3] == ["circle", "triangle", "circle"]
+    row = rows[0]
+    assert (
+        data.completion_text(row, "reasoning") == f"<think>{row['target_color']} circle</think><answer>circle</answer>"
+    )
+
+
+def test_grid_rows_ask_colour_about_one_object_on_its_own_2x2_tokens():
+    from trl_attention.tiny import COLORS, box_to_token_mask
+
+    data = _evidence_data()
+    rows = data.make_distractor_dataset(24, seed=2, image_size=224, shapes=(2, 3), fmt="reasoning", layout="grid")
+    for row in rows:
+        assert row["answer"] == row["target_color"] in COLORS and row["boxes"] == [[row["box"]]]
+        mask = box_to_token_mask(row["box"], 224, (1, 16, 16)).reshape(8, 8)
+        ys, xs = mask.nonzero(as_tuple=True)
+        assert mask.sum() == 4 and ys.min() % 2 == 0 and xs.min() % 2 == 0 and ys.max() - ys.min() == 1
+        system, user = row["prompt"]
+        assert system["content"][0]["text"] == "" and user["content"][1]["text"].endswith(
+            data.INSTRUCTIONS["reasoning"]
+        )
+        thought = f"<think>{row['target_shape']} {row['target_color']}</think><answer>{row['answer']}</answer>"
+        assert data.completion_text(row, "reasoning", "grid") == thought
+    with pytest.raises(ValueError, match="at most 3 shapes"):  # 4 shapes of distinct types cannot exist
+        data.make_distractor_dataset(2, seed=0, shapes=(3, 4), layout="grid")
 
 
 def test_micro_run_writes_table_json_and_plot(tmp_path):

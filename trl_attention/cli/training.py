@@ -276,6 +276,11 @@ def run_training(argv: list[str], parse, build) -> int:
         f"Trained {trainer.state.global_step} steps on {processes} process{'es' if processes > 1 else ''}; "
         f"model saved to {training_args.output_dir}"
     )
+    # Every rank waits for the main one's save, then the process group is torn down: a rank that exited with its
+    # gloo group alive while rank 0 still wrote shards aborted (SIGABRT, "terminate called without an active
+    # exception"), failing a finished run's exit code in one of four runs on a loaded machine.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
 
 
