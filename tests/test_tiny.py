@@ -253,7 +253,6 @@ def test_dataset_content(data):
     assert len(set(data["answer"])) > 3
 
 
-
 def test_default_dataset_is_unchanged_by_the_grid_options():
     # Pinned from the implementation before `layout` etc. existed: datasets built with the defaults stay the same.
     rows = make_grounding_dataset(16, seed=5)
