@@ -45,7 +45,8 @@ def sft_tiny_vlm(
     """SFT `model` on `dataset` for `steps` optimiser steps; save model + processor to `output_dir` when `save`.
 
     Returns TRL's log history (one row per step). Constant learning rate after a 5% warm-up; no checkpoints, no
-    reporting, progress bars off (`config_overrides` go to `SFTConfig`)."""
+    reporting, progress bars off (`config_overrides` go to `SFTConfig`). TRL's own defaults stay otherwise, bf16=True
+    included, which autocasts on CPU too: the demo passes `bf16=False` and `adam_beta2=0.95` (docs/demo.md)."""
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
