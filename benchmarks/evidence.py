@@ -7,7 +7,7 @@ accuracy, and the answer tokens' attention on the target box (region share, lift
 results.md / results.json / results.png to the output dir and prints the table.
 
     python benchmarks/evidence.py --quick          # ~10 min on 2 cores: 2 seeds, short runs
-    python benchmarks/evidence.py                  # ~60 min: 5 seeds, longer runs
+    python benchmarks/evidence.py                  # 11 min on 2 idle cores (~60 shared): 5 seeds, longer runs
     python benchmarks/evidence.py --ablation       # RAL: attn_layers=[1,-1], attn_divergence jsd / kl / reverse_kl, attn_heads per_head
 """
 
