@@ -6,7 +6,8 @@ the same steps, batch, generations and num_iterations=2. Each model is measured 
 accuracy, and the answer tokens' attention on the target box (region share, lift, entropy). Writes
 results.md / results.json / results.png to the output dir and prints the table.
 
-    python benchmarks/evidence.py --quick          # ~10 min on 2 cores: 2 seeds, short runs
+    python benchmarks/evidence.py --quick          # 2 min on 2 idle cores (~10 shared): 2 seeds, short runs
+    python benchmarks/evidence.py --task grid      # the demo's layout, where SFT learns: 25 min (--quick 8.4)
     python benchmarks/evidence.py                  # 11 min on 2 idle cores (~60 shared): 5 seeds, longer runs
     python benchmarks/evidence.py --ablation       # RAL: attn_layers=[1,-1], attn_divergence jsd / kl / reverse_kl, attn_heads per_head
 """
