@@ -2,8 +2,8 @@
 
 Trains the tiny Qwen2.5-VL (all of it, the patch embedding included, via a Linear view of its Conv3d) to predict
 the answer word right after `<answer>` on the free-layout grounding rows (`make_grounding_dataset`'s default: 1-3
-shapes of distinct colours and types anywhere on the image), as a classification over the answer words, and prints held-out accuracy every
-`--every` steps next to the image-blind baseline. Controls:
+shapes of distinct colours and types anywhere on the image), as a classification over the answer words, and prints
+held-out accuracy every `--every` steps next to the image-blind baseline. Controls:
 
   none   the free-layout task (the demo's before it moved to the grid layout, docs/demo.md)
   fill   the image is replaced by one filled with the target's colour (no selection needed: colour questions are

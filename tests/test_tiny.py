@@ -303,6 +303,8 @@ def test_grid_layout_objects_own_their_2x2_token_slots(vlm):
         (dict(layout="rows"), "layout must be"),
         (dict(questions="size"), "questions 'both'"),
         (dict(max_shapes=4), "max_shapes <= 3"),
+        (dict(layout="grid", object_cells=0), "must be >= 1"),
+        (dict(object_cells=2), "applies to layout='grid' only"),
         (dict(min_shapes=3, max_shapes=2), "min_shapes <= max_shapes"),
     ],
 )

@@ -96,6 +96,8 @@ class DemoConfig:
             or min(self.sft_steps, self.sft_warmup_steps, self.threads) < 0
         ):
             raise ValueError(f"{', '.join(sizes)} must be >= 1, sft_steps, sft_warmup_steps and threads >= 0")
+        if not 0.0 <= self.sft_adam_beta2 < 1.0:
+            raise ValueError(f"sft_adam_beta2 must be in [0, 1), got {self.sft_adam_beta2}")
         if self.image_size % 56 or self.image_size < 112:
             raise ValueError(
                 f"image_size must be a multiple of 56 (2x2-token slots) and >= 112, got {self.image_size}"

@@ -148,6 +148,7 @@ def test_help_lists_demo_config_fields(capsys):
     assert cli.main(["demo", "--max_steps", "not-a-number"]) == 2
     assert cli.main(["demo", "--sft_steps", "-1"]) == 2
     assert cli.main(["demo", "--image_size", "140"]) == 2  # not a multiple of the 56 px slot
+    assert cli.main(["demo", "--sft_adam_beta2", "1.0"]) == 2
     assert cli.main(["demo", "--per_device_train_batch_size", "6", "--num_generations", "4"]) == 2
     assert "multiple of num_generations" in capsys.readouterr().err
 

@@ -89,7 +89,7 @@ def make_grounding_dataset(
     seed: int = 0,
     image_size: int = 112,
     layout: str = "free",
-    object_cells: int = 2,
+    object_cells: int | None = None,
     questions: str = "both",
     min_shapes: int = 1,
     max_shapes: int = 3,
@@ -105,8 +105,9 @@ def make_grounding_dataset(
     ``image`` (wrapped as ``[image]``) and fills the ``{"type": "image"}`` placeholder of ``prompt`` with it.
 
     ``layout="free"`` places shapes of 18-32% of the image anywhere (they straddle token cells); ``layout="grid"``
-    puts each in its own slot of ``object_cells`` x ``object_cells`` visual tokens (the demo's task: the tiny model
-    learns it in minutes, docs/demo.md). ``questions``: ``"both"`` kinds, or only ``"colour"`` / ``"shape"``.
+    puts each in its own slot of ``object_cells`` x ``object_cells`` visual tokens (default 2; the demo's task: the
+    tiny model learns it in minutes, docs/demo.md). ``questions``: ``"both"`` kinds, or only ``"colour"`` /
+    ``"shape"``.
     ``system_prompt``: None keeps the chat template's default system turn (11 tokens); a string (``""`` too) is
     sent as the system turn instead (a shorter prompt: the tiny model learns the grid task faster without it).
     """
@@ -114,6 +115,11 @@ def make_grounding_dataset(
         raise ValueError(
             f"layout must be 'free' or 'grid', questions 'both', 'colour' or 'shape'; got {layout!r}, {questions!r}"
         )
+    if object_cells is not None and (layout != "grid" or object_cells < 1):
+        raise ValueError(
+            f"object_cells applies to layout='grid' only and must be >= 1; got {object_cells!r} with {layout!r}"
+        )
+    cells = 2 if object_cells is None else object_cells
     if not 1 <= min_shapes <= max_shapes <= len(SHAPES):
         raise ValueError(f"need 1 <= min_shapes <= max_shapes <= {len(SHAPES)}, got {min_shapes}, {max_shapes}")
     system = (
@@ -126,7 +132,7 @@ def make_grounding_dataset(
         shapes = rng.sample(SHAPES, k)
         colors = rng.sample(sorted(COLORS), k)
         if layout == "grid":
-            boxes = _place_on_grid(rng, k, image_size, object_cells, inset=max(1, 3 * object_cells // 2))
+            boxes = _place_on_grid(rng, k, image_size, cells, inset=max(1, 3 * cells // 2))
         else:
             boxes = _place(rng, k, image_size)
         image = render_shapes(shapes, colors, boxes, image_size)
