@@ -5,8 +5,9 @@ here, and `tests/test_trl_contract.py` checks each item against the installed TR
 batch keys, the old-logps condition, the loss normalisation per `loss_type`, computed by TRL's own `_compute_loss`);
 docs/trl-internals.md says where each is used and what to do when a TRL release changes one:
 
-- overridden private methods of `GRPOTrainer` (`GRPO_OVERRIDES`) and of `GKDTrainer` (`GKD_OVERRIDES`), with the
-  parameters the overrides read or pass on;
+- overridden private methods of `GRPOTrainer` (`GRPO_OVERRIDES`), of `GKDTrainer` (`GKD_OVERRIDES`) and, for
+  resuming, of transformers' `Trainer` (`TRAINER_CHECKPOINT_OVERRIDES`), with the parameters the overrides read or
+  pass on; GRPO's in-memory rollout state saved with checkpoints (`ROLLOUT_STATE_ATTRIBUTES`);
 - attributes read by this package: of the trainers (`GRPO_ATTRIBUTES`, `GKD_ATTRIBUTES`), the model-card class
   attributes both trainers extend (`CLASS_ATTRIBUTES`, with the `_paper` keys `PAPER_KEYS`), the keys of GRPO's
   rollout log `_logs` (`LOGS_KEYS`), and `current_gradient_accumulation_steps`, which transformers' training loop
@@ -59,9 +60,11 @@ __all__ = [
     "PACKAGE_BATCH_KEYS",
     "PACKAGE_LIST_BATCH_KEYS",
     "PAPER_KEYS",
+    "ROLLOUT_STATE_ATTRIBUTES",
     "SCORING_FORWARD_KEYS",
     "TEACHER_FORWARD_KEYS",
     "TOKENIZED_PROMPT_FIELDS",
+    "TRAINER_CHECKPOINT_OVERRIDES",
     "TRAINING_LOOP_ATTRIBUTES",
     "TRL_ONLY_LOSS_BATCH_KEYS",
     "GKDConfig",
@@ -99,6 +102,20 @@ GKD_OVERRIDES = {
     "generate_on_policy_outputs": ("model", "inputs", "generation_config"),
     "compute_loss": ("model", "inputs", "return_outputs", "num_items_in_batch"),
 }
+# transformers `Trainer` methods overridden by `trl_attention.checkpointing` (both trainers; resuming) -> the
+# parameters the overrides read or pass on.
+TRAINER_CHECKPOINT_OVERRIDES = {
+    "_load_from_checkpoint": ("resume_from_checkpoint", "model"),
+    "_load_best_model": (),
+    "_load_optimizer_and_scheduler": ("checkpoint",),
+    "_save_checkpoint": ("model", "trial"),
+    "_get_output_dir": ("trial",),
+    "train": ("resume_from_checkpoint",),
+}
+# GRPOTrainer's in-memory rollout state that `RolloutBufferMixin` saves with each checkpoint: the buffered
+# generation batch and the micro-step counter `_prepare_inputs` regenerates by (every steps_per_generation *
+# num_iterations micro-steps).
+ROLLOUT_STATE_ATTRIBUTES = ("_step", "_buffered_inputs")
 # Trainer attributes this package reads (set by TRL's __init__; `ref_model` is None without a reference model).
 GRPO_ATTRIBUTES = (
     "_metrics",

@@ -4,6 +4,7 @@ import json
 import logging
 
 import pytest
+import torch
 
 from tests.testing_utils import ROOT
 from trl_attention import cli
@@ -157,3 +158,17 @@ def test_cli_resume_errors_come_before_any_model_is_loaded(tmp_path, capsys, mon
     assert f"error: --resume_from_checkpoint {tmp_path}/checkpoint-5: no such checkpoint directory" in (
         capsys.readouterr().err
     )
+
+
+def test_cli_resume_restores_the_tiny_vlms_trained_weights(tmp_path, capsys):
+    """`--resume_from_checkpoint latest` on the tiny Qwen2.5-VL: the run continues from checkpoint-2's weights (with
+    nothing left to train, the saved model is checkpoint-2's), not from a fresh init (transformers' own reload)."""
+    from safetensors.torch import load_file
+
+    assert cli.main(_grpo(tmp_path, "--max_steps", "2")) == 0
+    checkpoint = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    assert cli.main(_grpo(tmp_path, "--max_steps", "2", "--resume_from_checkpoint", "latest")) == 0
+    final = load_file(tmp_path / "model.safetensors")
+    assert final.keys() == checkpoint.keys() and any(k.startswith("visual.") for k in final)
+    assert [k for k in final if not torch.equal(final[k], checkpoint[k])] == []

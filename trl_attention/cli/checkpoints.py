@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
+from ..checkpointing import CHECKPOINT_DIR as _CHECKPOINT
+from ..checkpointing import checkpoints
 from .training import ConfigError
 
 __all__ = ["LATEST", "checkpoints", "prepare_output_dir"]
@@ -28,19 +29,10 @@ logger = logging.getLogger(__name__)
 
 LATEST = ("latest", "true")  # --resume_from_checkpoint values meaning "the latest checkpoint of output_dir"
 _NO_RESUME = ("", "false", "none")
-_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 _OPTIONS = (
     "pass --resume_from_checkpoint latest to continue that run, or --overwrite_output_dir true to delete its "
     "checkpoints and start from step 0 (or choose another --output_dir)"
 )
-
-
-def checkpoints(output_dir: str | os.PathLike | None) -> list[Path]:
-    """The `checkpoint-N` directories of `output_dir`, by increasing N (empty when it does not exist)."""
-    if output_dir is None or not os.path.isdir(output_dir):
-        return []
-    found = [(int(m.group(1)), p) for p in Path(output_dir).iterdir() if (m := _CHECKPOINT.fullmatch(p.name))]
-    return [p for _, p in sorted(found) if p.is_dir()]
 
 
 def _is_main_process() -> bool:

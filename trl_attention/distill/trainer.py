@@ -21,6 +21,7 @@ import logging
 import torch
 
 from ..capture import capture_attention, unwrap_model, visual_token_ids
+from ..checkpointing import ResumeMixin
 from ..distributed import DistributedChecksCallback, freeze_vision_tower
 from ..papers import model_card_paper
 from ..trl_internals import GKDTrainer, log_global_masked_mean
@@ -63,7 +64,7 @@ class _GenerateWithExtras:
         return self._model.generate(**{**self._extras, **kwargs})
 
 
-class AttentionGKDTrainer(GKDTrainer):
+class AttentionGKDTrainer(ResumeMixin, GKDTrainer):
     """[`~trl.experimental.gkd.GKDTrainer`] plus on-policy attention distillation (RAL paper, arXiv 2602.04884) and
     VLM inputs.
 

@@ -24,6 +24,7 @@ import torch
 from trl import GRPOTrainer
 
 from ..capture import capture_attention
+from ..checkpointing import ResumeMixin, RolloutBufferMixin
 from ..capture.models import resolve_attention_layer, visual_masses
 from ..distill.grpo_term import GRPOTeacherMixin
 from ..distill.losses import backbone_hidden_states
@@ -41,7 +42,15 @@ __all__ = ["AttentionGRPOTrainer"]
 logger = logging.getLogger(__name__)
 
 
-class AttentionGRPOTrainer(GRPOTeacherMixin, RewardAttentionMixin, ScoringCaptureMixin, VideoGRPOMixin, GRPOTrainer):
+class AttentionGRPOTrainer(
+    ResumeMixin,
+    RolloutBufferMixin,
+    GRPOTeacherMixin,
+    RewardAttentionMixin,
+    ScoringCaptureMixin,
+    VideoGRPOMixin,
+    GRPOTrainer,
+):
     """[`~trl.GRPOTrainer`] with RAL's attention-policy loss (Reinforced Attention Learning, arXiv 2602.04884).
 
     Same constructor as GRPOTrainer; configure with [`AttentionGRPOConfig`] (a plain `GRPOConfig` gets the RAL
