@@ -206,7 +206,7 @@ def child_memory(args) -> dict:
         peak = _peak_rss_mib() if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result = {"peak_mib": peak - base, "cold_mib": max(cold, peak) - cold_base}
     if args.live_bytes:
-        from trl_attention.memory import LiveTensorBytes
+        from trl_attention_recipes.memory import LiveTensorBytes
 
         with LiveTensorBytes() as live:
             step(args.mode)

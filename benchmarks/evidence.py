@@ -31,7 +31,7 @@ from evidence_data import FORMATS, make_distractor_dataset  # noqa: E402
 from evidence_report import markdown_table, plot, summarise, write_json  # noqa: E402
 from evidence_train import ABLATION_ARMS, ARMS, load, train_rl, train_sft  # noqa: E402
 
-from trl_attention.evaluation import box_token_share, evaluate, majority_accuracy  # noqa: E402
+from trl_attention_recipes.evaluation import box_token_share, evaluate, majority_accuracy  # noqa: E402
 
 ALL_ARMS = {**ARMS, **ABLATION_ARMS}
 # Full run; --quick replaces these. Both are the same pipeline, only seeds / steps / held-out rows differ.

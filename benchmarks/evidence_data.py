@@ -11,7 +11,7 @@ from datasets import Dataset
 from trl_attention.tiny import COLORS, SHAPES
 from trl_attention.tiny.data import _QUESTION_COLOR, _QUESTION_SHAPE, _place, _place_on_grid, render_shapes
 
-# RAL's format (think + answer) and RAL-zero's (answer only). Shorter than `trl_attention.recipes.PROMPT_FORMATS`
+# RAL's format (think + answer) and RAL-zero's (answer only). Shorter than `trl_attention.rewards.PROMPT_FORMATS`
 # (72 / 34 tokens of the tiny tokenizer): on 2 CPU cores prompt length is compute, and SFT teaches the format.
 INSTRUCTIONS = {"reasoning": " Think, then answer.", "answer": " Answer only."}
 FORMATS = tuple(INSTRUCTIONS)

@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from trl_attention import capture_attention  # noqa: E402
-from trl_attention.evaluation import majority_accuracy  # noqa: E402
+from trl_attention_recipes.evaluation import majority_accuracy  # noqa: E402
 from trl_attention.tiny import (  # noqa: E402
     COLORS,
     box_to_token_mask,

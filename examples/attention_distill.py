@@ -1,4 +1,4 @@
-"""On-policy attention distillation, Qwen2.5-VL-32B teacher -> Qwen2.5-VL-7B student (PAPERS.md section 1).
+"""On-policy attention distillation, Qwen2.5-VL-32B teacher -> Qwen2.5-VL-7B student (docs/papers.md section 1).
 
 loss = GKD's generalized JSD on the student's own rollouts + gamma * JSD of the final-layer attention policies
 (`AttentionGKDTrainer`). The paper searched gamma in {0.05, 0.5, 1.0}. Every option of `trl-attention gkd

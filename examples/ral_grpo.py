@@ -1,6 +1,6 @@
 """RAL (AttentionGRPOTrainer) on Qwen2.5-VL-7B with a reasoning format, on a public multimodal reasoning dataset.
 
-The paper's setup (PAPERS.md section 1): vision encoder and projector frozen, 8 rollouts per prompt, reward
+The paper's setup (docs/papers.md section 1): vision encoder and projector frozen, 8 rollouts per prompt, reward
 0.9 * accuracy + 0.1 * format, attn_coef in {0.5, 1, 5}, temperature 0.9, lr 1e-5, KL 0.04. RAL's term acts only on
 reused rollouts, hence num_iterations=2. Every option of `trl-attention grpo --help-all` is a flag (or a YAML key with
 `--config`), and overrides the recipe below:

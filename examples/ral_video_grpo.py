@@ -1,7 +1,7 @@
 """RAL (AttentionGRPOTrainer) on Qwen2.5-VL-7B with Video-R1-260k: the paper's RL stage, image and video rows mixed.
 
-The paper's setup (PAPERS.md section 1): RL on 51.2k samples of Video-R1-260k, vision encoder and projector frozen,
-8 rollouts per prompt, reward 0.9 * accuracy + 0.1 * format, attn_coef in {0.5, 1, 5}, temperature 0.9, lr 1e-5,
+The paper's setup (docs/papers.md section 1): RL on 51.2k samples of Video-R1-260k, vision encoder and projector
+frozen, 8 rollouts per prompt, reward 0.9 * accuracy + 0.1 * format, attn_coef in {0.5, 1, 5}, temperature 0.9, lr 1e-5,
 KL 0.04, 16 frames per video. RAL's term acts only on reused rollouts, hence num_iterations=2. Accuracy is
 `video_r1_accuracy_reward` (one rule per Video-R1 problem type); `--ral-zero` drops the thinking part of the format
 (answer-only prompt and format reward). Every AttentionGRPOConfig / ModelConfig field is a flag and overrides the

@@ -1,4 +1,4 @@
-"""RAL-zero: RAL with the thinking part of the format removed, answer-only (PAPERS.md section 1), on ChartQA.
+"""RAL-zero: RAL with the thinking part of the format removed, answer-only (docs/papers.md section 1), on ChartQA.
 
 Same recipe and flags as `examples/ral_grpo.py`; only the prompt format, its format reward and the dataset differ:
 

@@ -1,6 +1,6 @@
 """SAYO: GRPO with the region attention reward (+ format and accuracy rewards) on Qwen2.5-VL-7B.
 
-The reference recipe (PAPERS.md section 2): LoRA r16/alpha32, lr 5e-6, KL beta 0.001, 16 generations, temperature
+The reference recipe (docs/papers.md section 2): LoRA r16/alpha32, lr 5e-6, KL beta 0.001, 16 generations, temperature
 1.0, top-p 0.9, max completion 110 tokens, DeepSpeed ZeRO-1. Every GRPOConfig field is a flag.
 
     accelerate launch examples/sayo_grpo.py --model_name_or_path Qwen/Qwen2.5-VL-7B-Instruct \

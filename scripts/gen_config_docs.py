@@ -30,7 +30,7 @@ def _sections():
 
     from trl_attention.cli.gkd import GKDScriptArguments
     from trl_attention.cli.grpo import GRPOScriptArguments
-    from trl_attention.demo import DemoConfig
+    from trl_attention_recipes.demo import DemoConfig
     from trl_attention.distill import AttentionGKDConfig
     from trl_attention.ral import AttentionGRPOConfig
     from trl_attention.vrga import VRGAConfig

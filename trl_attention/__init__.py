@@ -28,9 +28,9 @@ _EXPORTS = {
     "find_decoder_layers": ".capture",
     "jsd": ".losses",
     "region_attention_score": ".sayo",
-    "region_token_indices": ".sayo",
+    "region_token_indices": ".visual",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-from . import _compat  # noqa: E402, F401  (old module paths, e.g. trl_attention.gkd, keep importing)
+from . import _compat  # noqa: E402, F401  (0.1.0 module paths, e.g. trl_attention.layouts, keep importing)

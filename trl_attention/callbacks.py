@@ -31,7 +31,7 @@ from transformers.utils import logging
 from .capture import unwrap_model
 from .plotting import capture_image_attention, capture_video_attention, overlay_heatmap, overlay_video_strip
 from .rewards import completion_text
-from .video.rows import row_visuals
+from .visual.rows import row_visuals
 
 __all__ = ["VISUAL_ROWS", "AttentionHeatmapCallback"]
 

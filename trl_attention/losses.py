@@ -1,4 +1,5 @@
-"""Attention-distribution losses: RAL's attention policy and the Jensen-Shannon divergence (PAPERS.md section 1)."""
+"""Attention-distribution losses: RAL's attention policy and the Jensen-Shannon divergence (docs/papers.md
+section 1)."""
 
 from __future__ import annotations
 

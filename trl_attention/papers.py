@@ -1,6 +1,6 @@
 """The papers behind each method, for trainer model cards (TRL's `_paper` / `_tag_names`) and the docs.
 
-Citations give what the arXiv listing identifies (title, eprint); PAPERS.md holds the math.
+Citations give what the arXiv listing identifies (title, eprint); docs/papers.md holds the math.
 """
 
 from __future__ import annotations

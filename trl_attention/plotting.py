@@ -26,9 +26,9 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from .capture import capture_attention, spatial_merge_size, unwrap_model
-from .layouts import visual_layout
-from .sayo.checks import _prompt_text  # the text parts of a conversational prompt (for the figure title)
-from .sayo.regions import visual_token_positions
+from .visual.layouts import visual_layout
+from .visual.regions import visual_token_positions
+from .visual.rows import prompt_text
 
 __all__ = [
     "METRICS",
@@ -210,7 +210,7 @@ def capture_image_attention(
 
     Query tokens: each completion token (its own position, as RAL's attention policy reads it); without a
     completion, the last prompt token (the position that predicts the first answer token). `image`: a PIL image
-    or the list of the prompt's images. The token grid is the model family's (`trl_attention.layouts`): tiled
+    or the list of the prompt's images. The token grid is the model family's (`trl_attention.visual.layouts`): tiled
     layouts raise a `LayoutError` naming the class.
     """
     layout = visual_layout(model, processor)  # before the forward: an unsupported layout fails first
@@ -240,7 +240,7 @@ def image_token_grids(
 ) -> np.ndarray:
     """(num_rows, rows, cols): the captured attention of the last `num_rows` positions of batch row `sample` over
     the token grid of its image `image_index`, for model inputs as the processor returns them (left padding is
-    fine). The grid is the model family's (`trl_attention.layouts`); placeholders are looked for in the first
+    fine). The grid is the model family's (`trl_attention.visual.layouts`); placeholders are looked for in the first
     `prompt_length` positions (default all). Tiled layouts raise a `LayoutError` naming the class."""
     layout = visual_layout(model)
     grids = layout.sample_grids(inputs["input_ids"][:, :prompt_length], layout.grids(inputs))[sample]
@@ -390,7 +390,7 @@ def attention_heatmap(model, processor, example: dict, path, layer: int = -1) ->
     """
     attention = capture_image_attention(model, processor, example["prompt"], example["image"], layer=layer)
     grid = attention.grids[0]
-    title = _prompt_text(example["prompt"])
+    title = prompt_text(example["prompt"])
     box = example.get("box")
     if box is not None:
         title += f"\nimage mass {grid.sum():.3f}, in target box ~{_box_mass(grid, box, attention.image.size):.3f}"

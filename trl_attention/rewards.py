@@ -13,11 +13,14 @@ import string
 
 __all__ = [
     "ANSWER_TAG",
+    "PROMPT_FORMATS",
     "PROBLEM_TYPES",
     "accuracy_reward",
     "answer_format_reward",
+    "answer_number",
     "answer_text",
     "char_overlap",
+    "choice_letter",
     "completion_text",
     "exact_answer",
     "edit_distance",
@@ -27,6 +30,13 @@ __all__ = [
     "video_r1_accuracy_reward",
 ]
 
+# The instruction appended to a question per prompt format, and the format each format reward checks: "reasoning"
+# (RAL) -> reasoning_format_reward, "answer" (RAL-zero) -> answer_format_reward, "none" leaves the question as it is.
+PROMPT_FORMATS = {
+    "reasoning": " Think step by step inside <think></think>, then give the final answer inside <answer></answer>.",
+    "answer": " Give only the final answer inside <answer></answer>.",
+    "none": "",
+}
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _REASONING = re.compile(r"^\s*<think>.+?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
 _ANSWER_ONLY = re.compile(r"^\s*<answer>.+?</answer>\s*$", re.DOTALL)
@@ -152,13 +162,15 @@ def rouge_l_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _letter(text: str) -> str | None:
+def choice_letter(text: str) -> str | None:
+    """The option letter a multiple-choice answer gives ("B", "b)", "B. a dog" -> "B"), None when there is none."""
     text = text.strip()
     match = _LETTER_ALONE.fullmatch(text) or _LETTER_LEAD.match(text)
     return match.group(1).upper() if match else None
 
 
-def _number(text: str) -> float | None:
+def answer_number(text: str) -> float | None:
+    """The number a numerical answer is ("1,024" -> 1024.0), None when the text is not one number."""
     text = text.strip().replace(",", "")  # thousands separators: "1,024"
     if not _NUMBER.fullmatch(text):
         return None
@@ -167,10 +179,10 @@ def _number(text: str) -> float | None:
 
 def _score(kind: str, pred: str, target: str) -> float:
     if kind == "multiple choice":
-        letter = _letter(pred)
-        return float(letter is not None and letter == _letter(target))
+        letter = choice_letter(pred)
+        return float(letter is not None and letter == choice_letter(target))
     if kind in ("numerical", "regression"):
-        value, truth = _number(pred), _number(target)
+        value, truth = answer_number(pred), answer_number(target)
         if value is None or truth is None:
             return 0.0
         if kind == "numerical":
@@ -209,8 +221,3 @@ def video_r1_accuracy_reward(completions, solution, problem_type, **kwargs) -> l
         rewards.append(_score(kind, pred, answer_text(target)) if pred else 0.0)
     return rewards
 
-
-def __getattr__(name: str):  # SAYO's reward protocol and format reward moved to trl_attention.sayo
-    from ._compat import moved_names
-
-    return moved_names(__name__)(name)

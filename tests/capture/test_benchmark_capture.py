@@ -12,7 +12,7 @@ SCRIPT = ROOT / "benchmarks" / "capture.py"
 
 def test_capture_benchmark_prints_the_ratio_table():
     cmd = [sys.executable, str(SCRIPT), "--preset", "tiny", "--seq", "32", "--repeats", "1", "--threads", "1"]
-    cmd.append("--live-bytes")  # also the per-op live-tensor count (trl_attention.memory)
+    cmd.append("--live-bytes")  # also the per-op live-tensor count (trl_attention_recipes.memory)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
     rows = {line.split()[2]: line.split() for line in out.splitlines() if line.startswith("   32 ")}
     assert set(rows) == {"none", "eager", "torch", "triton"}, out

@@ -8,14 +8,14 @@ import torch
 
 from trl_attention import CaptureError, capture_attention
 from trl_attention.capture.models import attention_layers, find_decoder_layers, kernel_options, visual_token_ids
-from trl_attention.tiny.families import (
+from trl_attention_recipes.families import (
     HYBRID_FAMILIES,
     VLM_FAMILIES,
     available_families,
     build_tiny_family,
     dummy_inputs,
 )
-from trl_attention.tiny.families_vlm import IMAGE_TOKENS
+from trl_attention_recipes.families_vlm import IMAGE_TOKENS
 
 FAMILIES = available_families()
 _TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from trl_attention import capture_attention
-from trl_attention.memory import LiveTensorBytes
+from trl_attention_recipes.memory import LiveTensorBytes
 from trl_attention.ops import attention_rows
 from trl_attention.tiny import build_tiny_lm
 

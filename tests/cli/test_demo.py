@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from trl_attention import cli
-from trl_attention.demo import DemoConfig
+from trl_attention_recipes.demo import DemoConfig
 from trl_attention.plotting import attention_heatmap, plot_metrics
 from trl_attention.rewards import char_overlap, exact_answer
 from trl_attention.tiny import build_tiny_vlm, make_grounding_dataset

@@ -74,7 +74,7 @@ def test_grpo_help_is_short_and_says_where_the_rest_is():
     for option in ("--attn_coef", "--rewards", "--tiny", "--gkd_coef", "--config", "--help-all"):
         assert f"  {option}" in text, option
     assert "docs/configuration.md" in text and "--learning_rate" in text and "--deepspeed" in text
-    assert "'sayo_format'" in text  # the reward names, from trl_attention.recipes without importing torch
+    assert "'sayo_format'" in text  # the reward names, from trl_attention.cli.recipes without importing torch
     assert len(text.splitlines()) < 150
     assert "--lr_scheduler_type" not in text  # TRL's fields are only in --help-all
 

@@ -14,7 +14,7 @@ from trl_attention import cli
 from trl_attention.cli.grpo import GRPOScriptArguments, parse_args
 from trl_attention.cli.training import ConfigError, parse_config
 from trl_attention.ral import AttentionGRPOConfig
-from trl_attention.recipes import prepare_dataset, resolve_rewards, synthetic_vqa
+from trl_attention.cli.recipes import prepare_dataset, resolve_rewards, synthetic_vqa
 
 ROOT = ROOT
 TINY_YAML = ROOT / "examples" / "configs" / "grpo_tiny.yaml"
@@ -149,7 +149,7 @@ def test_rewards_and_dataset_preparation():
         "reasoning_format_reward",
     ]
     assert resolve_rewards(["format"], "answer")[0].__name__ == "answer_format_reward"
-    assert resolve_rewards(["trl_attention.recipes.answer_format_reward"])[0].__name__ == "answer_format_reward"
+    assert resolve_rewards(["trl_attention.rewards.answer_format_reward"])[0].__name__ == "answer_format_reward"
     with pytest.raises(ValueError, match="needs prompt_format 'reasoning' or 'answer'"):
         resolve_rewards(["format"], "none")
     reasoning, answer = resolve_rewards(["format"], "reasoning")[0], resolve_rewards(["format"], "answer")[0]

@@ -10,8 +10,8 @@ import re
 import pytest
 
 from tests.testing_utils import ROOT
-from trl_attention.cli.demo import format_summary
-from trl_attention.demo import DemoConfig, run_demo
+from trl_attention_recipes.demo_command import format_summary
+from trl_attention_recipes.demo import DemoConfig, run_demo
 
 ROW = re.compile(r"^\|?\s*(sft|grpo|ral)\s*\|?\s+([0-9.]+)\s*\|?\s+([0-9.]+)\s*\|?\s+([0-9.]+)", re.M)
 BASELINE = re.compile(r"[Ii]mage-blind baseline\s+accuracy\s+([0-9.]+)")

@@ -119,7 +119,7 @@ def test_ral_examples_run_with_tiny(name, suffix, format_reward, tmp_path):
 )
 def test_ral_video_example_runs_with_tiny(flags, format_reward, tmp_path):
     """--tiny writes 6 Video-R1 records (MPEG-4 clips and PNGs) and trains the tiny VLM on them for 2 steps."""
-    from trl_attention.recipes import PROMPT_FORMATS
+    from trl_attention.cli.recipes import PROMPT_FORMATS
 
     example = _load("ral_video_grpo")
     with warnings.catch_warnings():

@@ -11,7 +11,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from tests.testing_utils import PROMPTS, length_reward, trainer_args
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer, CaptureError, capture_attention
-from trl_attention.tiny.families import HYBRID_FAMILIES, available_families, build_tiny_family, dummy_inputs
+from trl_attention_recipes.families import HYBRID_FAMILIES, available_families, build_tiny_family, dummy_inputs
 
 FAMILIES = available_families()
 PLAIN = [f for f in ("nemotron_h", "qwen3_5", "qwen3_next", "gpt_oss", "gemma2") if f in FAMILIES]

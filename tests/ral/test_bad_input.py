@@ -137,7 +137,7 @@ def test_cli_unreachable_hub_ids_are_one_line(capsys, tmp_path):
 def test_cli_unreachable_model_is_one_line(capsys, tmp_path, monkeypatch):
     import datasets
 
-    from trl_attention.recipes import synthetic_vqa
+    from trl_attention.cli.recipes import synthetic_vqa
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: synthetic_vqa(2))  # only the model is missing
     missing = "trl-attention-tests/no-such-model-7f3e"

@@ -18,7 +18,7 @@ from tests.testing_utils import PROMPTS, gkd_args, length_reward, trainer_args
 from trl_attention import AttentionGKDConfig, AttentionGKDTrainer, AttentionGRPOConfig, AttentionGRPOTrainer
 from trl_attention.checkpointing import ResumeError, ResumeMixin, checkpoint_needs_conversion
 from trl_attention.tiny import build_tiny_lm, build_tiny_vlm, make_grounding_dataset
-from trl_attention.tiny.families import available_families, build_tiny_family
+from trl_attention_recipes.families import available_families, build_tiny_family
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 FAMILIES = ["qwen2_5_vl (tiny_vlm)", "qwen2 (tiny_lm)", *available_families()]

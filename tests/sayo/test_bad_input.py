@@ -200,7 +200,7 @@ def test_region_reward_on_a_model_without_qwen_grids_fails_at_construction(tmp_p
     """InternVL lays its image tokens out as tiles (no known grid): without this check every completion would score
     None. (Fixed grids such as LLaVA's are supported: tests/test_vlm_layouts.py.)"""
     from trl_attention.tiny import build_tokenizer
-    from trl_attention.tiny.families import available_families, build_tiny_family
+    from trl_attention_recipes.families import available_families, build_tiny_family
 
     if "internvl" not in available_families():
         pytest.skip("this transformers version has no InternVL")

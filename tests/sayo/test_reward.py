@@ -17,7 +17,7 @@ from trl_attention.sayo import (
     format_reward,
     region_attention_score,
 )
-from trl_attention.sayo.regions import region_token_indices
+from trl_attention.visual.regions import region_token_indices
 from trl_attention.tiny import build_tiny_vlm, make_grounding_dataset
 
 

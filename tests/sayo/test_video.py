@@ -11,7 +11,7 @@ from datasets import Dataset
 from tests.testing_utils import length_reward, trainer_args
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
 from trl_attention.sayo import CompletionAttention, RegionAttentionReward, RewardAttentionMixin, attention_reward
-from trl_attention.sayo.checks import first_video_row
+from trl_attention.visual.rows import first_video_row
 from trl_attention.tiny import build_tiny_vlm, make_grounding_dataset
 from trl_attention.tiny.video_data import make_motion_dataset
 from trl_attention.video import VideoError

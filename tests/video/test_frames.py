@@ -60,7 +60,7 @@ def test_decode_a_file_written_here(tmp_path):
 def test_prepare_dataset_gives_video_rows_video_parts():
     from datasets import Dataset
 
-    from trl_attention.recipes import prepare_dataset
+    from trl_attention.cli.recipes import prepare_dataset
 
     rows = Dataset.from_list(
         [

@@ -7,7 +7,7 @@ import os
 import pytest
 from PIL import Image
 
-from trl_attention.recipes import PROMPT_FORMATS
+from trl_attention.rewards import PROMPT_FORMATS
 from trl_attention.rewards import PROBLEM_TYPES, edit_distance, rouge_l_f1, video_r1_accuracy_reward
 from trl_attention.video.videor1 import (
     ANSWER_HINTS,

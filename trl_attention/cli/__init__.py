@@ -21,22 +21,33 @@ import typing
 
 from .. import __version__
 
-__all__ = ["COMMANDS", "SUBCOMMANDS", "Command", "add_dataclass_arguments", "build_parser", "main"]
+__all__ = [
+    "BUILTIN_COMMANDS",
+    "COMMANDS",
+    "ENTRY_POINT_GROUP",
+    "SUBCOMMANDS",
+    "Command",
+    "add_dataclass_arguments",
+    "build_parser",
+    "main",
+]
 
 
 class Command(typing.NamedTuple):
-    """One subcommand: its name, the module (relative to this package) that registers it, its `--help` line."""
+    """One subcommand: its name, the module that registers it (relative to this package, or absolute for a command
+    another package adds through the `trl_attention.commands` entry point), its `--help` line."""
 
     name: str
     module: str
     help: str
 
 
-# In the order `trl-attention --help` lists them.
-COMMANDS = (
-    Command(
-        "demo", ".demo", "Train the tiny VLM with AttentionGRPOTrainer (RAL) on synthetic grounding data, on CPU."
-    ),
+ENTRY_POINT_GROUP = "trl_attention.commands"
+"""Packages add subcommands as entry points of this group, each naming a `Command` (`trl-attention demo` is one:
+the demo is a recipe, shipped beside the library, which does not import it)."""
+
+# The library's own commands, in the order `trl-attention --help` lists them after the added ones.
+BUILTIN_COMMANDS = (
     Command("grpo", ".grpo", "RAL / SAYO GRPO training (AttentionGRPOTrainer) from a YAML config + overrides."),
     Command("gkd", ".gkd", "On-policy attention distillation (AttentionGKDTrainer) from a YAML config + overrides."),
     Command("env", ".env", "Print versions, CUDA and the attention-capture backend that will run."),
@@ -47,7 +58,6 @@ COMMANDS = (
     ),
     Command("configs", ".configs", "Print the paths of the shipped DeepSpeed ZeRO JSONs and accelerate YAMLs."),
 )
-SUBCOMMANDS = [command.name for command in COMMANDS]
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
@@ -114,6 +124,27 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version and usage errors: return argparse's status instead of exiting
         return _exit_status(exit_)
     return handlers[args.command](args)
+
+
+def _added_commands() -> tuple[Command, ...]:
+    """The commands other installed packages add (entry points of `ENTRY_POINT_GROUP`), sorted by name."""
+    from importlib.metadata import entry_points
+
+    added = []
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        command = entry.load()
+        if not isinstance(command, Command) or command.name != entry.name:
+            raise TypeError(
+                f"entry point {entry.name} = {entry.value!r} ({ENTRY_POINT_GROUP}) is not a Command of that name"
+            )
+        if command.name not in {c.name for c in BUILTIN_COMMANDS}:
+            added.append(command)
+    return tuple(added)
+
+
+# Loaded last: an added command's module imports `Command` and `add_dataclass_arguments` from here.
+COMMANDS = _added_commands() + BUILTIN_COMMANDS
+SUBCOMMANDS = [command.name for command in COMMANDS]
 
 
 if __name__ == "__main__":

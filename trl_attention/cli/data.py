@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..recipes import PROMPT_FORMATS, prepare_dataset, synthetic_vqa
+from .recipes import PROMPT_FORMATS, prepare_dataset, synthetic_vqa
 from .training import ConfigError
 
 __all__ = [

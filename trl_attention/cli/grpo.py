@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..distill.arguments import GRPOTeacherArguments
 from ..ral.arguments import RALArguments
-from ..recipes import REWARDS, resolve_rewards
+from .recipes import REWARDS, resolve_rewards
 from ..video.arguments import VideoArguments
 from .data import DataArguments, check_loadable, check_sources
 from .training import TrainingCommand, build_trainer

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sayo.checks import check_aspect_ratio, first_rows, image_processor_of, open_image
+from ..visual.checks import check_aspect_ratio, image_processor_of, open_image
+from ..visual.rows import count_parts, first_rows, row_visuals
 from ..trl_internals import pad
 from ..video.arguments import VideoArguments
 from ..video.encode import tokenize_visual_prompts
-from ..video.rows import VideoError, encode_row, row_visuals
+from ..video.rows import VideoError, encode_row
 
 __all__ = ["VisionDistillationCollator", "is_processor", "validate_distillation_dataset"]
 
@@ -47,28 +48,12 @@ def _split(example: dict, where: str) -> tuple[list, list]:
     return prompt, completion
 
 
-def _count_slots(messages: list, kind: str = "image") -> int:
-    return sum(
-        1
-        for message in messages
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-        if isinstance(part, dict) and part.get("type") == kind
-    )
-
-
-def _images(example: dict) -> list:
-    if example.get("images") is not None:
-        return list(example["images"])
-    return [] if example.get("image") is None else [example["image"]]
-
-
 def _check_images(example: dict, where: str, image_processor) -> list:
     """The example's images, opened and decoded (path strings and {"bytes", "path"} dicts loaded), each checked
     against the processor's aspect-ratio limit; a ValueError names `where` and the column."""
     column = "images" if example.get("images") is not None else "image"
     checked = []
-    for i, image in enumerate(_images(example)):
+    for i, image in enumerate(row_visuals(example)[0]):
         name = f"{where}, column `{column}`, image {i}"
         if image is None:
             raise ValueError(f"{name}: the image is None (a text-only row has `image: None` or `images: []`)")
@@ -166,9 +151,9 @@ class VisionDistillationCollator:
             example_images = _check_images(example, where, image_processor)
             videos = _videos(example, where)
             for kind, items in (("image", example_images), ("video", videos)):
-                if _count_slots(prompt, kind) != len(items):
+                if count_parts(prompt, kind) != len(items):
                     raise ValueError(
-                        f"{where}: the prompt has {_count_slots(prompt, kind)} {kind} placeholder(s) but the row "
+                        f"{where}: the prompt has {count_parts(prompt, kind)} {kind} placeholder(s) but the row "
                         f"carries {len(items)} {kind}(s)"
                     )
             prompt_text = self.processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

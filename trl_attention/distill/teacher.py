@@ -1,5 +1,5 @@
 """The teacher of on-policy attention distillation, shared by `AttentionGKDTrainer` and the teacher terms of
-`AttentionGRPOTrainer` (PAPERS.md section 1): loading it, the checks both trainers run at construction, and
+`AttentionGRPOTrainer` (docs/papers.md section 1): loading it, the checks both trainers run at construction, and
 preparing it like TRL's reference models.
 
 Student and teacher may differ in depth, width and head count: both captures are head-averaged (B, C, T) rows over

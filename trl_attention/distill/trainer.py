@@ -1,4 +1,4 @@
-"""On-policy attention distillation on top of TRL's GKD: `AttentionGKDTrainer` (PAPERS.md section 1).
+"""On-policy attention distillation on top of TRL's GKD: `AttentionGKDTrainer` (docs/papers.md section 1).
 
 loss = gkd_coef * L_GKD + attn_distill_coef * masked_mean_t JSD(p_student^t || p_teacher^t)
 

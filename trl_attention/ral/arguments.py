@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..distill.arguments import _parent_post_init, check_capture_checkpointing, check_weight
+from ..arguments import AttentionModelArguments, chain_post_init, check_capture_checkpointing, check_weight
 
 __all__ = ["ATTN_HEADS", "RALArguments"]
 
@@ -13,21 +13,13 @@ ATTN_HEADS = ("mean", "per_head")  # `attn_heads`: the head-averaged distributio
 
 
 @dataclass
-class RALArguments:
-    """The fields RAL adds to TRL's `GRPOConfig` (see `AttentionGRPOConfig`)."""
+class RALArguments(AttentionModelArguments):
+    """The fields RAL adds to TRL's `GRPOConfig` (see `AttentionGRPOConfig`), with the shared `attn_layer` (the
+    attention policy's layer) and `freeze_vision_tower`."""
 
     attn_coef: float = field(
         default=1.0,
         metadata={"help": "Weight lambda_attn of the RAL attention-policy loss; 0 reproduces GRPO exactly."},
-    )
-    attn_layer: int = field(
-        default=-1,
-        metadata={
-            "help": "Attention layer whose head-averaged attention is the attention policy (-1 = the last attention "
-            "layer). It indexes the layers with softmax attention: on hybrid decoders (Qwen3.5, Qwen3-Next, "
-            "NemotronH) Mamba / linear-attention layers are skipped, and errors also give the model's own decoder "
-            "layer index. Not looked up when attn_coef=0 and no attention term or reward is used."
-        },
     )
     attn_layers: list[int] | None = field(
         default=None,
@@ -53,13 +45,6 @@ class RALArguments:
             "rewards, metrics and distillation keep the head average."
         },
     )
-    freeze_vision_tower: bool = field(
-        default=False,
-        metadata={
-            "help": "Freeze the vision encoder and projector before the optimizer is built (train the LM only)."
-        },
-    )
-
     def __post_init__(self):
         check_weight(self, "attn_coef")
         from ..losses import DIVERGENCES
@@ -73,5 +58,5 @@ class RALArguments:
             if not layers or len(set(layers)) != len(layers):
                 raise ValueError(f"attn_layers must be distinct layer indices (or None), got {self.attn_layers!r}")
             self.attn_layers = layers
-        _parent_post_init(self, RALArguments)  # GRPOConfig's checks, when mixed into it
+        chain_post_init(self, RALArguments)  # GRPOConfig's checks, when mixed into it
         check_capture_checkpointing(self)

@@ -1,6 +1,6 @@
 """RAL (Reinforced Attention Learning): GRPO plus an advantage-weighted JSD on final-layer attention.
 
-L = L_GRPO + attn_coef * masked_mean_t( A_t * JSD(p_theta^t || p_old^t) ), PAPERS.md section 1. Ablations:
+L = L_GRPO + attn_coef * masked_mean_t( A_t * JSD(p_theta^t || p_old^t) ), docs/papers.md section 1. Ablations:
 `attn_layers` (averaged over layers), `attn_divergence` (KL either way), `attn_heads="per_head"` (the divergence
 per query head, averaged over heads; p_old then (B, H, C, T)).
 

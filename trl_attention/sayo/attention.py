@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from ..capture import spatial_merge_size, unwrap_model
-from ..layouts import LayoutError, VisualLayout, visual_layout
+from ..visual.layouts import LayoutError, VisualLayout, visual_layout
 from ..trl_internals import pad
-from .checks import first_rows, first_video_row, open_image, row_images, row_name
-from .regions import visual_token_positions
+from ..visual.checks import open_image
+from ..visual.regions import visual_token_positions
+from ..visual.rows import first_rows, first_video_row, row_images, row_name
 
 __all__ = ["CompletionAttention", "RewardAttentionMixin", "completion_attention"]
 
@@ -34,7 +35,7 @@ class CompletionAttention:
     merge_size: int
     prompt_length: int
     video_tokens: int = 0  # video placeholders in the prompt: rewards that map image regions must refuse them
-    layout: VisualLayout | None = None  # the model's image layout (`trl_attention.layouts`); None: unknown
+    layout: VisualLayout | None = None  # the model's image layout (`trl_attention.visual.layouts`); None: unknown
 
 
 def completion_attention(model, scoring: dict, layout: VisualLayout | None = None) -> list:

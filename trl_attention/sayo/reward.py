@@ -1,4 +1,4 @@
-"""SAYO's region attention reward (PAPERS.md section 2) and the reward protocol it uses.
+"""SAYO's region attention reward (docs/papers.md section 2) and the reward protocol it uses.
 
 A reward function opts in to the policy's attention by carrying `requires_attention = True` (the
 `attention_reward` decorator, or subclassing `AttentionReward`). `AttentionGRPOTrainer` then passes it
@@ -14,18 +14,9 @@ import torch
 from PIL import Image
 
 from ..rewards import ANSWER_TAG, completion_text
-from .checks import (
-    VIDEO_COLUMNS,
-    box_lists,
-    check_aspect_ratio,
-    first_rows,
-    has_video,
-    image_processor_of,
-    open_image,
-    row_images,
-    row_name,
-)
-from .regions import clip_box, region_token_indices
+from ..visual.checks import box_lists, check_aspect_ratio, image_processor_of, open_image
+from ..visual.regions import clip_box, region_token_indices
+from ..visual.rows import VIDEO_COLUMNS, first_rows, has_video, row_images, row_name
 
 __all__ = [
     "AttentionReward",
@@ -91,7 +82,7 @@ _NAMING = ("row_id", "id", "prompts", "prompt")  # reward kwargs that identify a
 
 def _video_error(where: str, what: str):
     """Why SAYO does not score video rows (docs/sayo.md, "Video rows"), as the video path's error type."""
-    from ..video.rows import VideoError
+    from ..visual.rows import VideoError
 
     return VideoError(
         f"{where}: {what}; RegionAttentionReward scores image rows only (SAYO's boxes are per image, and per-frame "

@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 from PIL import Image, ImageDraw
 
-from ..sayo.regions import region_token_indices
+from ..visual.regions import region_token_indices
 
 __all__ = ["BACKGROUND", "COLORS", "SHAPES", "box_to_token_mask", "make_grounding_dataset"]
 
@@ -160,7 +160,7 @@ def make_grounding_dataset(
 def box_to_token_mask(box, image_size, image_grid_thw_row, merge_size: int = 2, patch_size: int = 14) -> torch.Tensor:
     """Bool mask over one image's visual tokens (row-major, repeated per frame): True where the token's cell
     overlaps ``box`` = [x0, y0, x1, y1] (end-exclusive, original pixels of an ``image_size`` image, an int for
-    square images). A thin wrapper of `trl_attention.regions.region_token_indices`; ``patch_size`` does not
+    square images). A thin wrapper of `trl_attention.visual.regions.region_token_indices`; ``patch_size`` does not
     change the mapping and is kept for signature compatibility."""
     t, gh, gw = (int(v) for v in image_grid_thw_row)
     size = tuple(int(v) for v in image_size) if isinstance(image_size, (tuple, list)) else (int(image_size),) * 2

@@ -8,7 +8,30 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Q
 
 from .tokenizer import build_processor, build_tokenizer
 
-__all__ = ["build_tiny_lm", "build_tiny_qwen_vl", "build_tiny_vlm", "save_tiny_lm", "save_tiny_vlm"]
+__all__ = [
+    "CONFIG_TEXT",
+    "build_tiny_lm",
+    "build_tiny_qwen_vl",
+    "build_tiny_vlm",
+    "save_tiny_lm",
+    "save_tiny_vlm",
+    "seeded_init",
+    "text_config",
+]
+
+CONFIG_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+"""The text config of the tiny models built from configs alone, without a tokenizer (`build_tiny_qwen_vl`, the
+other VLM families): add a `vocab_size`."""
 
 
 def _mrope_section(head_dim: int) -> list[int]:
@@ -18,7 +41,9 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * hw, hw, hw]
 
 
-def _text_kwargs(tokenizer, overrides: dict) -> dict:
+def text_config(tokenizer, overrides: dict) -> dict:
+    """The tiny decoders' text-config kwargs (64 wide, 4 layers, 4 heads / 2 KV heads) for `tokenizer`, with
+    `overrides`: the one such dict, shared by the tiny VLM / LM and the other families' builders."""
     text = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -37,7 +62,7 @@ def _text_kwargs(tokenizer, overrides: dict) -> dict:
     return text
 
 
-def _seeded_init(model_cls, config, seed: int):
+def seeded_init(model_cls, config, seed: int):
     """Initialise under a private RNG state: same seed -> same weights, caller's RNG untouched.
 
     Built whole even when a ZeRO-3 TrainingArguments is alive (transformers would partition every submodule at
@@ -62,7 +87,7 @@ def build_tiny_vlm(seed: int = 0, attn_implementation: str = "sdpa", vision: dic
     to the vision tower's (for example a wider tower for a task that needs shape recognition)."""
     processor = build_processor()
     tok = processor.tokenizer
-    text = _text_kwargs(tok, overrides)
+    text = text_config(tok, overrides)
     head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0})
     text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": _mrope_section(head_dim)}
@@ -94,16 +119,16 @@ def build_tiny_vlm(seed: int = 0, attn_implementation: str = "sdpa", vision: dic
         dtype="float32",
         attn_implementation=attn_implementation,
     )
-    return _seeded_init(Qwen2_5_VLForConditionalGeneration, config, seed), processor
+    return seeded_init(Qwen2_5_VLForConditionalGeneration, config, seed), processor
 
 
 def build_tiny_lm(seed: int = 0, attn_implementation: str = "sdpa", **overrides):
     """Return ``(Qwen2ForCausalLM, tokenizer)`` with GQA (4 query heads share 2 KV heads by default)."""
     tok = build_tokenizer()
-    text = _text_kwargs(tok, overrides)
+    text = text_config(tok, overrides)
     text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0})
     config = Qwen2Config(**text, dtype="float32", attn_implementation=attn_implementation)
-    return _seeded_init(Qwen2ForCausalLM, config, seed), tok
+    return seeded_init(Qwen2ForCausalLM, config, seed), tok
 
 
 def build_tiny_qwen_vl(kind: str = "qwen2_vl", seed: int = 0):
@@ -116,18 +141,7 @@ def build_tiny_qwen_vl(kind: str = "qwen2_vl", seed: int = 0):
         Qwen3VLForConditionalGeneration,
     )
 
-    text = {
-        "vocab_size": 64,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-    }
+    text = {**CONFIG_TEXT, "vocab_size": 64}
     ids = {"image_token_id": 5, "video_token_id": 6, "vision_start_token_id": 3, "vision_end_token_id": 4}
     rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}
     if kind == "qwen3_vl":

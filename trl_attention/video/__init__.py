@@ -22,7 +22,7 @@ _EXPORTS = {
     "check_video_dataset": ".rows",
     "encode_video": ".encode",
     "load_video": ".frames",
-    "row_visuals": ".rows",
+    "row_visuals": "..visual.rows",
     "sample_frame_indices": ".frames",
     "tokenize_visual_prompts": ".encode",
     "write_video": ".frames",

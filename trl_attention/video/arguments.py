@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..distill.arguments import _parent_post_init
+from ..arguments import chain_post_init
 
 __all__ = ["VideoArguments", "check_video_arguments", "video_arguments"]
 
@@ -51,7 +51,7 @@ class VideoArguments:
 
     def __post_init__(self):
         check_video_arguments(self)
-        _parent_post_init(self, VideoArguments)  # the next config's checks, when mixed in
+        chain_post_init(self, VideoArguments)  # the next config's checks, when mixed in
 
 
 def check_video_arguments(args) -> None:

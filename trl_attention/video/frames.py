@@ -52,7 +52,7 @@ def sample_frame_indices(total: int, native_fps: float, args) -> list[int]:
 
 def _as_frame(frame) -> np.ndarray:
     if isinstance(frame, dict):  # datasets keeps frames of a `videos` column (lists of lists) as {"bytes", "path"}
-        from ..sayo.checks import open_image
+        from ..visual.checks import open_image
 
         frame = open_image(frame, "a video frame")
     array = np.asarray(frame.convert("RGB")) if hasattr(frame, "convert") else np.asarray(frame)

@@ -22,7 +22,8 @@ from accelerate.utils import gather_object
 from ..capture.models import unwrap_model
 from .arguments import video_arguments
 from .encode import merge_visuals, tokenize_visual_prompts
-from .rows import VIDEO_COLUMNS, VISUAL_COLUMNS, VideoError, check_video_dataset, encode_row, row_visuals
+from ..visual.rows import VIDEO_COLUMNS, VISUAL_COLUMNS, row_visuals
+from .rows import VideoError, check_video_dataset, encode_row
 
 __all__ = ["LOGGED_COLUMNS", "VideoGRPOMixin", "mm_token_type_ids", "visual_forward_kwargs"]
 

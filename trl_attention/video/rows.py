@@ -12,41 +12,15 @@ from pathlib import Path
 
 import torch
 
+from ..visual.rows import VIDEO_COLUMNS, VISUAL_COLUMNS, VideoError, count_parts, row_visuals
 from .encode import encode_video, vision_geometry
 from .frames import load_video, probe, sample_frame_indices
 
-__all__ = ["VIDEO_COLUMNS", "VISUAL_COLUMNS", "VideoError", "check_video_dataset", "encode_row", "row_visuals"]
+__all__ = ["VideoError", "check_video_dataset", "encode_row"]
 
-VIDEO_COLUMNS = ("video", "videos")
-VISUAL_COLUMNS = ("image", "images", "video", "videos")
 # Tested end to end: Qwen2.5-VL (the RAL paper's model). Qwen2-VL shares the token layout but its forward takes no
 # `second_per_grid_ts`; it stays out until a test covers it.
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
-
-
-class VideoError(ValueError):
-    """A video row, model or processor the video path cannot take; the message names the row or module."""
-
-
-def row_visuals(row) -> tuple[list, list]:
-    """(images, videos) of a row, each a list (empty when absent)."""
-    images = row.get("images")
-    images = list(images) if images is not None else ([row["image"]] if row.get("image") is not None else [])
-    videos = row.get("videos")
-    videos = list(videos) if videos is not None else ([row["video"]] if row.get("video") is not None else [])
-    return images, videos
-
-
-def _count_parts(prompt, kind: str) -> int:
-    if not isinstance(prompt, list):
-        return 0
-    return sum(
-        1
-        for message in prompt
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-        if isinstance(part, dict) and part.get("type") == kind
-    )
 
 
 def check_video_model(model, processing_class) -> None:
@@ -135,7 +109,7 @@ def check_video_dataset(dataset, model, processing_class, args, name: str = "tra
             continue
         prompt = row.get("prompt")
         for kind, items in (("video", videos), ("image", images)):
-            parts = _count_parts(prompt, kind)
+            parts = count_parts(prompt, kind)
             if parts != len(items):
                 raise VideoError(
                     f"{name} row {i}: the prompt has {parts} {{'type': '{kind}'}} part(s) but the row has "

@@ -15,8 +15,7 @@ import os
 import random
 from pathlib import Path
 
-from ..recipes import PROMPT_FORMATS
-from ..rewards import ANSWER_TAG, _letter, _number, problem_type_name
+from ..rewards import ANSWER_TAG, PROMPT_FORMATS, answer_number, choice_letter, problem_type_name
 
 __all__ = [
     "ANSWER_HINTS",
@@ -32,7 +31,7 @@ __all__ = [
 REQUIRED = ("problem", "data_type", "problem_type", "solution", "path")
 DATA_TYPES = ("image", "video")
 # {question}, {options} ("\nOptions:\nA. ...", empty unless multiple choice), {hint} (ANSWER_HINTS) and {format}
-# (the RAL or RAL-zero instruction of trl_attention.recipes.PROMPT_FORMATS, with its leading space).
+# (the RAL or RAL-zero instruction of trl_attention.rewards.PROMPT_FORMATS, with its leading space).
 DEFAULT_TEMPLATE = "{question}{options}\n{hint}{format}"
 ANSWER_HINTS = {
     "multiple choice": "Answer with the letter of one option (e.g. A).",
@@ -72,11 +71,11 @@ def _answer(i: int, record, kind: str, options) -> str:
     answer = (tags[-1] if tags else solution).strip()
     if not answer:
         raise _fail(i, record, f"solution {solution!r} has an empty answer")
-    if kind in ("numerical", "regression") and _number(answer) is None:
+    if kind in ("numerical", "regression") and answer_number(answer) is None:
         raise _fail(i, record, f"{kind} solution {answer!r} is not a number")
     if kind == "multiple choice":
-        letters = [_letter(o) or chr(ord("A") + k) for k, o in enumerate(options)]
-        if _letter(answer) not in letters:
+        letters = [choice_letter(o) or chr(ord("A") + k) for k, o in enumerate(options)]
+        if choice_letter(answer) not in letters:
             raise _fail(i, record, f"multiple-choice solution {answer!r} is not the letter of an option {letters}")
     return answer
 

@@ -1,4 +1,4 @@
-"""`VRGAConfig`: every threshold of VRGA (PAPERS.md section 3), with two presets of the rules around them.
+"""`VRGAConfig`: every threshold of VRGA (docs/papers.md section 3), with two presets of the rules around them.
 
 `preset="reference"` (default) reproduces what the authors' released code computes, quirks included;
 `preset="paper"` follows the rules as the paper states them. A preset only fills the fields left at None, so an

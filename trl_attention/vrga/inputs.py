@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sayo.regions import visual_token_positions
+from ..visual.regions import visual_token_positions
 
 __all__ = ["refuse_video", "split_grids"]
 

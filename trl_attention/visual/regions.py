@@ -7,8 +7,9 @@ uniformly, so in ORIGINAL pixel coordinates token cell (r, c) of a (h, w)-patch 
 enters (14 px for Qwen2/2.5-VL, 16 px for Qwen3-VL give the same mapping). Arithmetic is done in units scaled by
 the grid size, so integer boxes on cell borders are exact. A LLaVA / Gemma3 fixed grid is the same with given
 rows/cols (`fixed_grid_token_indices`; as grid_thw (1, rows, cols) with merge 1), a Gemma4 one has the patch grid of
-its `image_position_ids` pooled `pooling_kernel_size` (`trl_attention.layouts` says which per family). `inclusive_end=True` reproduces the released SAYO code's rounding, which
-also keeps the row/column a box edge only touches (docs/sayo-fidelity.md).
+its `image_position_ids` pooled `pooling_kernel_size` (`trl_attention.visual.layouts` says which per family).
+`inclusive_end=True` reproduces the released SAYO code's rounding, which also keeps the row/column a box edge only
+touches (docs/sayo-fidelity.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""What the `grpo` CLI and the example scripts share: prompt formats, dataset preparation, rewards by name, models.
+"""What the `grpo` CLI and the example scripts share: dataset preparation, rewards by name, the prompt formats.
 
-Prompt formats (RAL, PAPERS.md section 1): "reasoning" asks for `<think>...</think><answer>...</answer>` (RAL),
-"answer" for `<answer>...</answer>` only (RAL-zero), "none" leaves the question as it is.
+Prompt formats (RAL, docs/papers.md section 1; defined with their rewards in `trl_attention.rewards`): "reasoning"
+asks for `<think>...</think><answer>...</answer>` (RAL), "answer" for `<answer>...</answer>` only (RAL-zero), "none"
+leaves the question as it is.
 
 Importing this module is cheap (no torch, datasets or TRL): `trl-attention grpo --help` lists the prompt formats and
 reward names from here; the SAYO reward and the synthetic data are imported when they are used.
@@ -12,7 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .rewards import (
+from ..rewards import (
+    PROMPT_FORMATS,
     accuracy_reward,
     answer_format_reward,
     answer_text,
@@ -21,6 +23,7 @@ from .rewards import (
     reasoning_format_reward,
     video_r1_accuracy_reward,
 )
+from ..visual.rows import VISUAL_COLUMNS
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -33,25 +36,19 @@ __all__ = [
     "synthetic_vqa",
 ]
 
-PROMPT_FORMATS = {
-    "reasoning": " Think step by step inside <think></think>, then give the final answer inside <answer></answer>.",
-    "answer": " Give only the final answer inside <answer></answer>.",
-    "none": "",
-}
 # Column names tried, in order, when the dataset does not say (public VQA / reasoning datasets).
 _QUESTION_COLUMNS = ("problem", "question", "query")
 _ANSWER_COLUMNS = ("solution", "answer", "label", "answers")
-_VISUAL_COLUMNS = ("image", "images", "video", "videos")  # one prompt part per image / video, in this order
 
 
 def _region_attention_reward(prompt_format: str):
-    from .sayo.reward import RegionAttentionReward  # torch: imported when the reward is asked for
+    from ..sayo.reward import RegionAttentionReward  # torch: imported when the reward is asked for
 
     return RegionAttentionReward()
 
 
 def _sayo_format_reward(prompt_format: str):
-    from .sayo.reward import format_reward
+    from ..sayo.reward import format_reward
 
     return format_reward
 
@@ -122,9 +119,9 @@ def prepare_dataset(
     if image_column is not None:
         visual = [_pick(columns, image_column, (), "image")]
     else:
-        visual = [c for c in _VISUAL_COLUMNS if c in columns]
+        visual = [c for c in VISUAL_COLUMNS if c in columns]
         if not visual:
-            raise ValueError(f"no image or video column: tried {list(_VISUAL_COLUMNS)} (columns: {sorted(columns)})")
+            raise ValueError(f"no image or video column: tried {list(VISUAL_COLUMNS)} (columns: {sorted(columns)})")
     suffix = PROMPT_FORMATS[prompt_format]
 
     def convert(row):
@@ -145,7 +142,7 @@ def prepare_dataset(
 def synthetic_vqa(n: int, seed: int = 0) -> Dataset:
     """The tiny grounding data as a raw VQA dataset (`question`, `answer`, `image`, `boxes`, ...), so `--tiny` runs
     go through the same `prepare_dataset` path as a hub dataset."""
-    from .tiny import make_grounding_dataset
+    from ..tiny import make_grounding_dataset
 
     data = make_grounding_dataset(n, seed=seed)
     questions = [next(p["text"] for p in row[0]["content"] if p["type"] == "text") for row in data["prompt"]]
@@ -161,10 +158,8 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):  # load_model_and_processor moved to trl_attention.loading
+def __getattr__(name: str):
     if name in _LAZY:
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(module), attribute)
-    from ._compat import moved_names
-
-    return moved_names(__name__)(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

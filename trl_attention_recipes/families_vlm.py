@@ -8,22 +8,13 @@ import importlib
 
 import torch
 
-from .families import _LINEAR, IMAGE_TOKEN_ID, VLM_FAMILIES
+from trl_attention.tiny.models import CONFIG_TEXT
+
+from .families import IMAGE_TOKEN_ID, LINEAR_ATTENTION_LAYERS, VLM_FAMILIES
 
 __all__ = ["IMAGE_TOKENS", "build_tiny_llava_processor", "build_tiny_vlm_family"]
 
-_TEXT = {
-    "vocab_size": 445,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 0,
-}
+_TEXT = {**CONFIG_TEXT, "vocab_size": 445}
 _VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
 _SIGLIP = {**_VISION, "image_size": 56, "patch_size": 14}
 _QWEN_VISION = {
@@ -144,7 +135,7 @@ VLM_FAMILIES.update(
             {
                 "text_config": {
                     **_TEXT,
-                    **_LINEAR,
+                    **LINEAR_ATTENTION_LAYERS,
                     "num_hidden_layers": 3,
                     "layer_types": ["linear_attention", "full_attention", "linear_attention"],
                     "rope_parameters": {
@@ -216,7 +207,7 @@ def build_tiny_llava_processor(crop: bool = True):
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
     from transformers.models.llava.processing_llava import LlavaProcessor
 
-    from .tokenizer import CHAT_TEMPLATE, build_tokenizer
+    from trl_attention.tiny.tokenizer import CHAT_TEMPLATE, build_tokenizer
 
     size = {"shortest_edge": 28} if crop else {"height": 28, "width": 28}
     images = LlavaImageProcessorPil(size=size, crop_size={"height": 28, "width": 28}, do_center_crop=crop)

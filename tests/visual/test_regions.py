@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
-from trl_attention.sayo.regions import (
+from trl_attention.visual.regions import (
     clip_box,
     fixed_grid_token_indices,
     region_token_indices,

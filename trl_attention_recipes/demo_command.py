@@ -1,5 +1,5 @@
 """`trl-attention demo`: SFT, then GRPO and RAL, on the tiny VLM and synthetic grounding data (flags from
-`DemoConfig`'s fields)."""
+`DemoConfig`'s fields). A recipe: the CLI finds it through the `trl_attention.commands` entry point."""
 
 from __future__ import annotations
 
@@ -7,14 +7,20 @@ import argparse
 import dataclasses
 import sys
 
-from ..demo import DemoConfig, run_demo
-from . import add_dataclass_arguments
+from trl_attention.cli import Command, add_dataclass_arguments
 
-__all__ = ["register"]
+__all__ = ["COMMAND", "format_summary", "register"]
+
+COMMAND = Command(
+    "demo", __name__, "Train the tiny VLM with AttentionGRPOTrainer (RAL) on synthetic grounding data, on CPU."
+)
+"""Registered with the CLI through the `trl_attention.commands` entry point (pyproject.toml)."""
 
 
 def register(commands, command) -> callable:
     """The `demo` subcommand."""
+    from .demo import DemoConfig  # imported when the command runs or its help is asked
+
     demo = commands.add_parser(
         command.name,
         help=command.help,
@@ -27,6 +33,8 @@ def register(commands, command) -> callable:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
     try:
         config = DemoConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)})
     except ValueError as error:

@@ -1,4 +1,4 @@
-"""The visual layouts of `trl_attention.layouts` on the tiny VLM families: heatmap grids and SAYO region shares
+"""The visual layouts of `trl_attention.visual.layouts` on the tiny VLM families: heatmap grids and SAYO region shares
 against eager attention by hand, a heatmap and a SAYO step through a real LLaVA processor, and the layouts that are
 refused (tiled ones, options that break the grid), each naming the model class."""
 
@@ -14,13 +14,14 @@ from PIL import Image
 
 from tests.testing_utils import trainer_args
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer, capture_attention
-from trl_attention.layouts import LayoutError, visual_layout
+from trl_attention.visual.layouts import LayoutError, visual_layout
 from trl_attention.plotting import attention_heatmap, capture_image_attention, image_token_grids
-from trl_attention.sayo import RegionAttentionReward, completion_attention, region_token_indices
+from trl_attention.sayo import RegionAttentionReward, completion_attention
+from trl_attention.visual.regions import region_token_indices
 from trl_attention.sayo.attention import RewardAttentionMixin
 from trl_attention.tiny import build_tiny_lm, build_tokenizer, make_grounding_dataset
-from trl_attention.tiny.families import VLM_FAMILIES, available_families, build_tiny_family
-from trl_attention.tiny.families_vlm import build_tiny_llava_processor
+from trl_attention_recipes.families import VLM_FAMILIES, available_families, build_tiny_family
+from trl_attention_recipes.families_vlm import build_tiny_llava_processor
 
 FAMILIES = available_families()
 # family: (layout kind, fixed grid); each tiny image is 2 x 2 tokens at positions 5..8 of both rows

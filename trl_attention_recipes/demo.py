@@ -3,7 +3,7 @@
 1. SFT warm start with TRL's SFTTrainer (answer-only format `<answer>red</answer>`), saved under `sft/`;
 2. from that checkpoint, GRPO (`attn_coef=0`) and RAL (`attn_coef`, rollouts reused so the term acts) side by
    side, same steps, data, seed and rewards (0.9 accuracy + 0.1 format, as in RAL);
-3. every model measured on the same held-out rows (`trl_attention.evaluation`): greedy accuracy next to the
+3. every model measured on the same held-out rows (`trl_attention_recipes.evaluation`): greedy accuracy next to the
    image-blind baseline (the commonest answer per question kind), and where the answer tokens look: region share
    of the target box, and lift = region share / the box's share of the image's tokens (1 = uniform);
 4. the RAL model saved under `model/` (loadable with `AutoModelForImageTextToText` / `AutoProcessor`), per-arm
@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .rewards import char_overlap, exact_answer  # noqa: F401  (0.1 public names of this module)
+from trl_attention.rewards import char_overlap, exact_answer  # noqa: F401  (0.1.0 public names of this module)
 
 __all__ = ["ARMS", "REWARD_WEIGHTS", "DemoConfig", "default_threads", "run_demo"]
 
@@ -134,8 +134,8 @@ def _rl(config: DemoConfig, arm: str, checkpoint: str, train, out: Path):
 
     from transformers import AutoModelForImageTextToText, AutoProcessor, PrinterCallback
 
-    from .ral import AttentionGRPOConfig, AttentionGRPOTrainer
-    from .rewards import accuracy_reward, answer_format_reward
+    from trl_attention.ral import AttentionGRPOConfig, AttentionGRPOTrainer
+    from trl_attention.rewards import accuracy_reward, answer_format_reward
 
     model = AutoModelForImageTextToText.from_pretrained(checkpoint)
     args = AttentionGRPOConfig(
@@ -186,9 +186,9 @@ def run_demo(config: DemoConfig | None = None, log=print) -> dict:
     import torch
 
     from .evaluation import box_token_share, majority_accuracy
-    from .plotting import attention_heatmap, plot_metrics
-    from .tiny import build_tiny_vlm, make_grounding_dataset
-    from .tiny.sft import sft_tiny_vlm
+    from trl_attention.plotting import attention_heatmap, plot_metrics
+    from trl_attention.tiny import build_tiny_vlm, make_grounding_dataset
+    from trl_attention.tiny.sft import sft_tiny_vlm
 
     config = config if config is not None else DemoConfig()
     torch.set_num_threads(config.threads or default_threads())

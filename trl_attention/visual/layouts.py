@@ -1,9 +1,9 @@
 """Where a VLM's image tokens are and what grid they form, per model family: the one place that the heatmaps
-(`plotting.capture_image_attention`) and SAYO's box -> token mapping (`sayo.attention`) ask.
+(`plotting.capture_image_attention`), VRGA and SAYO's box -> token mapping (`sayo.attention`) ask.
 
 Every supported layout gives each image a block of consecutive placeholder tokens forming one row-major grid over
 the WHOLE image, described Qwen-style as (t, h, w) patches merged `merge x merge` into one token, so
-`sayo.regions.region_token_indices` and `plotting.token_grid` read them all alike:
+`visual.regions.region_token_indices` and `plotting.token_grid` read them all alike:
 
     dynamic (Qwen2/2.5/3-VL, Qwen3.5-VL): `image_grid_thw` from the processor / `vision_config.spatial_merge_size`
     fixed (LLaVA, Gemma3): the same square grid for every image, (1, n, n) with merge 1. LLaVA: n = image_size /
@@ -137,7 +137,7 @@ class VisualLayout:
         they do not match `grids` (e.g. truncated)."""
         if grids is None:
             return None
-        from .sayo.regions import visual_token_positions
+        from .regions import visual_token_positions
 
         return visual_token_positions(ids, self.token_id, grids, self.merge)
 
@@ -187,7 +187,7 @@ def _has_cls(base, vision_config) -> bool:
 def visual_layout(model, processor=None) -> VisualLayout:
     """The `VisualLayout` of `model`'s images (module docstring), or a LayoutError naming the class and why.
     `processor` (or its image processor), when given, is checked for options that break the layout."""
-    from .capture.models import spatial_merge_size, unwrap_model
+    from ..capture.models import spatial_merge_size, unwrap_model
 
     base = unwrap_model(model)
     name, config = type(base).__name__, getattr(base, "config", None)

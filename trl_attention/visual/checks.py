@@ -1,6 +1,5 @@
-"""Row checks for datasets of image rows (SAYO's reward, the distillation collator): what a row is called in an
-error, images readable and within the image processor's limits, the nesting of a `boxes` column, and where the
-first video row is (attention rewards refuse them).
+"""Checks of a row's images and boxes, run before training starts (SAYO's reward, the distillation collator, VRGA):
+images readable and within the image processor's limits, and the nesting of a `boxes` column.
 
 Every check raises a `ValueError` that names the row and the column; nothing here skips a row. Images may be PIL
 images, local path strings, `{"bytes", "path"}` dicts (a `datasets.Image(decode=False)` column), http(s)/data
@@ -11,7 +10,6 @@ URLs (loaded with transformers' `load_image`, as the processor would), or any ob
 from __future__ import annotations
 
 import io
-import itertools
 import numbers
 import os
 
@@ -19,67 +17,16 @@ from PIL import Image
 
 __all__ = [
     "FALLBACK_MAX_ASPECT_RATIO",
-    "VIDEO_COLUMNS",
     "box_lists",
     "check_aspect_ratio",
-    "first_rows",
-    "first_video_row",
-    "has_video",
     "image_processor_of",
     "open_image",
-    "row_images",
-    "row_name",
 ]
 
 FALLBACK_MAX_ASPECT_RATIO = 200.0
 """The Qwen-VL image processors' limit (`smart_resize`), used only when no processor is known."""
 
-VIDEO_COLUMNS = ("video", "videos")  # the video path's columns (trl_attention.video.rows)
-_ID_COLUMNS = ("row_id", "id")
 _NESTING = "per image, a list of (x1, y1, x2, y2) boxes: [[[x1, y1, x2, y2]]] for one box on a one-image row"
-
-
-def row_name(row: dict, index: int | None = None) -> str:
-    """`row 12`, `row 12 (id='a7')`, or without an index the row's `row_id`/`id`, else the start of its prompt."""
-    for column in _ID_COLUMNS:
-        if row.get(column) is not None:
-            identity = f"{column}={row[column]!r}"
-            return identity if index is None else f"row {index} ({identity})"
-    if index is not None:
-        return f"row {index}"
-    prompt = row.get("prompt", row.get("prompts"))
-    text = _prompt_text(prompt)
-    return f"the row with prompt {text[:80]!r}" if text else "a row without `row_id`, `id` or prompt text"
-
-
-def _prompt_text(prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    parts = []
-    for message in prompt if isinstance(prompt, list) else []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        for part in content if isinstance(content, list) else []:
-            if isinstance(part, dict) and part.get("type") == "text":
-                parts.append(str(part.get("text", "")))
-    return " ".join(parts)
-
-
-def first_rows(dataset, limit: int | None):
-    """(index, row) for the first `limit` rows (all with None) of a map-style or iterable dataset."""
-    if limit is None and not hasattr(dataset, "__len__"):
-        raise ValueError(
-            "validation_rows=None would read the whole streaming dataset before training; give a number of rows"
-        )
-    if hasattr(dataset, "select") and hasattr(dataset, "__len__"):
-        rows = dataset.select(range(len(dataset) if limit is None else min(limit, len(dataset))))
-    elif hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
-        count = len(dataset) if limit is None else min(limit, len(dataset))
-        rows = (dataset[i] for i in range(count))
-    else:
-        rows = itertools.islice(iter(dataset), limit)
-    return enumerate(rows)
 
 
 def image_processor_of(processing_class):
@@ -87,17 +34,6 @@ def image_processor_of(processing_class):
     if processing_class is None:
         return None
     return getattr(processing_class, "image_processor", processing_class)
-
-
-def row_images(row: dict) -> list | None:
-    """A row's images: `images` (a list, None for none) or `image` (one, None for none); None without either
-    column."""
-    if "images" in row:
-        images = row["images"]
-        return [] if images is None else list(images)
-    if "image" in row:
-        return [] if row["image"] is None else [row["image"]]
-    return None
 
 
 def open_image(image, where: str, decode: bool = False):
@@ -204,24 +140,3 @@ def box_lists(value, where: str) -> list:
             checked.append(list(box))
         per_image.append(checked)
     return per_image
-
-
-def has_video(value) -> bool:
-    """Whether a `video` / `videos` cell holds a video (a path, frames, or a non-empty list of them)."""
-    return value is not None and not (hasattr(value, "__len__") and not isinstance(value, str) and len(value) == 0)
-
-
-def first_video_row(dataset, limit: int | None = None):
-    """(index, column) of the first row with a video, None without one. Reads only the video columns; `limit`
-    bounds the rows read of a dataset without a length (streaming)."""
-    columns = getattr(dataset, "column_names", None) or []
-    present = [c for c in VIDEO_COLUMNS if c in columns]
-    if not present:
-        return None
-    if hasattr(dataset, "select_columns"):
-        dataset = dataset.select_columns(present)
-    for index, row in first_rows(dataset, None if hasattr(dataset, "__len__") else limit or 256):
-        for column in present:
-            if has_video(row.get(column)):
-                return index, column
-    return None

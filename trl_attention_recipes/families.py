@@ -13,14 +13,13 @@ import importlib
 
 import torch
 
-from .models import _seeded_init, _text_kwargs
-from .tokenizer import build_tokenizer
+from trl_attention.tiny.models import seeded_init, text_config
+from trl_attention.tiny.tokenizer import build_tokenizer
 
 __all__ = ["EAGER_ONLY", "HYBRID_FAMILIES", "TEXT_FAMILIES", "VLM_FAMILIES", "available_families", "build_tiny_family"]
 
 IMAGE_TOKEN_ID = 5  # <|image_pad|> of the tiny tokenizer
-_SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2}
-_LINEAR = {
+LINEAR_ATTENTION_LAYERS = {
     "linear_conv_kernel_dim": 2,
     "linear_key_head_dim": 16,
     "linear_value_head_dim": 16,
@@ -51,18 +50,18 @@ TEXT_FAMILIES = {
             "moe_shared_expert_intermediate_size": 32,
         },
     ),
-    "qwen3_5": ("qwen3_5", "Qwen3_5TextConfig", "Qwen3_5ForCausalLM", {"layer_types": _QWEN_HYBRID, **_LINEAR}),
+    "qwen3_5": ("qwen3_5", "Qwen3_5TextConfig", "Qwen3_5ForCausalLM", {"layer_types": _QWEN_HYBRID, **LINEAR_ATTENTION_LAYERS}),
     "qwen3_5_moe": (
         "qwen3_5_moe",
         "Qwen3_5MoeTextConfig",
         "Qwen3_5MoeForCausalLM",
-        {"layer_types": _QWEN_HYBRID, **_LINEAR, **_MOE},
+        {"layer_types": _QWEN_HYBRID, **LINEAR_ATTENTION_LAYERS, **_MOE},
     ),
     "qwen3_next": (
         "qwen3_next",
         "Qwen3NextConfig",
         "Qwen3NextForCausalLM",
-        {"layer_types": _QWEN_HYBRID, **_LINEAR, **_MOE},
+        {"layer_types": _QWEN_HYBRID, **LINEAR_ATTENTION_LAYERS, **_MOE},
     ),
     "gpt_oss": (
         "gpt_oss",
@@ -95,7 +94,7 @@ def available_families() -> list[str]:
 def _text_config(name: str, tokenizer, overrides: dict):
     module, config_name, model_name, family = TEXT_FAMILIES[name]
     mod = importlib.import_module(f"transformers.models.{module}")
-    text = _text_kwargs(tokenizer, {**_SMALL, "num_hidden_layers": 5, "tie_word_embeddings": False, **family})
+    text = text_config(tokenizer, {"num_hidden_layers": 5, "tie_word_embeddings": False, **family})
     text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0})
     text.update(overrides)
     if "layers_block_type" in text:  # NemotronH: the pattern sets the depth
@@ -112,7 +111,7 @@ def build_tiny_family(name: str, seed: int = 0, attn_implementation: str | None 
         tokenizer = build_tokenizer()
         config_cls, model_cls, text = _text_config(name, tokenizer, overrides)
         config = config_cls(**text, dtype="float32", attn_implementation=attn_implementation)
-        return _seeded_init(model_cls, config, seed), tokenizer
+        return seeded_init(model_cls, config, seed), tokenizer
     from .families_vlm import build_tiny_vlm_family
 
     if name not in VLM_FAMILIES:
