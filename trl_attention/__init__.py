@@ -6,7 +6,7 @@ capture mechanism in `capture` (+ kernels in `ops`). Names below are imported on
 `import trl_attention` does not import TRL or transformers.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 from ._lazy import lazy_exports
 

@@ -26,6 +26,8 @@ REMOVED_IN = "0.3.0"
 MOVED_MODULES = {
     "trl_attention.layouts": "trl_attention.visual.layouts",
     "trl_attention.recipes": "trl_attention.cli.recipes",
+    "trl_attention.ops.attention_rows_kernels": "trl_attention.ops.attention_rows_triton",
+    "trl_attention.ops.attention_rows_tiles": "trl_attention.ops.attention_rows_triton",
     # recipes: the library never imports them; these aliases only resolve an old path a user imports
     "trl_attention.demo": "trl_attention_recipes.demo",
     "trl_attention.cli.demo": "trl_attention_recipes.demo_command",

@@ -93,7 +93,7 @@ class AttentionHeatmapCallback(TrainerCallback):
         n = len(logs["prompt"])
         rows = logs.get(VISUAL_ROWS)
         rows = rows if rows is not None and len(rows) == n else None
-        if rows is None and getattr(self.trainer, "_has_video", False):
+        if rows is None and getattr(self.trainer, "has_video", False):
             return []
         images = logs.get("images") if len(logs.get("images") or ()) == n else None
         samples = []

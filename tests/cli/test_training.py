@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.testing_utils import ROOT
+import trl_attention
 from trl_attention import cli
 from trl_attention.cli.grpo import GRPOScriptArguments, parse_args
 from trl_attention.cli.training import ConfigError, parse_config
@@ -182,7 +183,7 @@ def test_env_reports_versions_and_backend(capsys):
     import trl
 
     assert info["torch"] == torch.__version__ and info["transformers"] == transformers.__version__
-    assert info["trl"] == trl.__version__ and info["trl_attention"] == "0.1.0"
+    assert info["trl"] == trl.__version__ and info["trl_attention"] == trl_attention.__version__
     assert {"deepspeed", "triton", "cuda available", "capture backend (auto)"} <= set(info)
     expected = "triton on cuda" if torch.cuda.is_available() else "torch on cpu"
     assert info["capture backend (auto)"].startswith(expected)

@@ -20,10 +20,11 @@ FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
 INLINE_CODE = re.compile(r"`[^`]+`")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 PATH = re.compile(
-    r"(?<![\w./-])((?:tests|benchmarks)/[\w./*-]*\.py(?!\w)|(?:examples|scripts|trl_attention)/[\w./*-]*)"
+    r"(?<![\w./-])((?:tests|benchmarks)/[\w./*-]*\.py(?!\w)"
+    r"|(?:examples|scripts|trl_attention_recipes|trl_attention)/[\w./*-]*)"
 )
-DOTTED = re.compile(r"(?<![\w./-])trl_attention(?:\.\w+)+")
-FROM_IMPORT = re.compile(r"^\s*from (trl_attention[\w.]*) import ([\w, ]+)", re.MULTILINE)
+DOTTED = re.compile(r"(?<![\w./-])trl_attention(?:_recipes)?(?:\.\w+)+")
+FROM_IMPORT = re.compile(r"^\s*from (trl_attention(?:_recipes)?[\w.]*) import ([\w, ]+)", re.MULTILINE)
 
 
 def code_of(text: str) -> list[str]:
@@ -79,7 +80,7 @@ def resolve(dotted: str) -> str | None:
         name = ".".join(parts[:split])
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # an old path: told apart by its __name__ below
+                warnings.simplefilter("ignore", DeprecationWarning)  # an old path: told apart by its __name__ below
                 obj = importlib.import_module(name)
         except ModuleNotFoundError:
             continue
@@ -94,7 +95,7 @@ def resolve(dotted: str) -> str | None:
             if not hasattr(obj, attr):
                 return f"{attr!r} not found"
             obj = getattr(obj, attr)
-        moved = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+        moved = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
         if moved:
             return moved[0]
     return None
@@ -104,7 +105,7 @@ def old_paths() -> set[str]:
     from trl_attention import _compat
 
     moved = {f"{module}.{name}" for module, names in _compat.MOVED_NAMES.items() for name in names}
-    return set(_compat.MOVED_MODULES) | moved
+    return set(_compat.MOVED_MODULES) | set(_compat.SPLIT_MODULES) | moved
 
 
 @pytest.mark.parametrize("page", PAGES, ids=IDS)

@@ -69,7 +69,7 @@ def test_attention_rewards_with_video_rows_fail_at_construction_naming_row_and_c
 
 def test_video_rows_without_attention_rewards_still_build(tmp_path):
     trainer = _build(tmp_path, [length_reward], _mixed())
-    assert trainer._has_video and trainer._attention_reward_indices == []
+    assert trainer.has_video and trainer.attention_reward_indices == []
 
 
 def test_the_per_batch_check_refuses_a_sampled_video_row():

@@ -206,12 +206,12 @@ def test_gemma4_image_position_ids_reach_the_rewards_scoring_batch():
 
     class Scoring:
         def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, **kwargs):
-            self._scoring = {"rows": logits_to_keep}
+            self.scoring_batch = {"rows": logits_to_keep}
             return "logps"
 
     class Trainer(RewardAttentionMixin, Scoring):
-        _scoring = None
+        scoring_batch = None
 
     trainer, positions = Trainer(), torch.zeros(1, 16, 2)
     assert trainer._get_per_token_logps_and_entropies(None, None, None, 3, image_position_ids=positions) == "logps"
-    assert trainer._scoring["image_position_ids"] is positions
+    assert trainer.scoring_batch["image_position_ids"] is positions

@@ -120,7 +120,7 @@ def _fake_trainer(processor, logs=None, has_video=True, log_completions=False):
         processing_class=processor,
         callback_handler=handler,
         _logs=logs,
-        _has_video=has_video,
+        has_video=has_video,
         log_completions=log_completions,
     )
 

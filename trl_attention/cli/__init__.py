@@ -28,6 +28,7 @@ __all__ = [
     "SUBCOMMANDS",
     "Command",
     "add_dataclass_arguments",
+    "dataclass_options",
     "build_parser",
     "main",
 ]
@@ -60,16 +61,23 @@ BUILTIN_COMMANDS = (
 )
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """Add one `--field` option per dataclass field of `cls` (bools get `--field/--no-field`)."""
+def dataclass_options(cls):
+    """(field, type hint, default, help text) per init field of the dataclass `cls`: what both the parsed options
+    (`add_dataclass_arguments`) and the help-only listings of `grpo` / `gkd` (`training.py`) are built from."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        kind = hints[f.name]
+        if f.init:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            yield f, hints[f.name], default, f.metadata.get("help", "")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """Add one `--field` option per dataclass field of `cls` (bools get `--field/--no-field`)."""
+    for f, kind, default, help_ in dataclass_options(cls):
         if typing.get_origin(kind) is typing.Union or type(kind).__name__ == "UnionType":  # Optional[X] -> X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        help_text = f.metadata.get("help", "") + " (default: %(default)s)"
+        help_text = help_ + " (default: %(default)s)"
         if kind is bool:
             parser.add_argument(
                 *names, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text

@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from ..distill.arguments import AttentionDistillArguments
-from ..video.arguments import VideoArguments
+from ..distill.arguments import GKD_ARGUMENTS
 from .data import DataArguments, check_loadable, check_sources
 from .training import ConfigError, TrainingCommand, build_trainer
 
@@ -82,7 +81,7 @@ def build_gkd_trainer(script_args, training_args, model_args):
 COMMAND = TrainingCommand(
     name="gkd",
     script_arguments=GKDScriptArguments,
-    own_arguments=(AttentionDistillArguments, VideoArguments),  # AttentionGKDConfig = GKDConfig + these
+    own_arguments=GKD_ARGUMENTS,  # AttentionGKDConfig = GKDConfig + these
     config=_config,
     build=build_gkd_trainer,
     trl_config="GKDConfig",

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..distill.arguments import GRPOTeacherArguments
-from ..ral.arguments import RALArguments
+from ..ral.arguments import GRPO_ARGUMENTS
 from .recipes import REWARDS, resolve_rewards
-from ..video.arguments import VideoArguments
 from .data import DataArguments, check_loadable, check_sources
 from .training import TrainingCommand, build_trainer
 
@@ -70,7 +68,7 @@ def build_grpo_trainer(script_args, training_args, model_args):
 COMMAND = TrainingCommand(
     name="grpo",
     script_arguments=GRPOScriptArguments,
-    own_arguments=(RALArguments, GRPOTeacherArguments, VideoArguments),  # AttentionGRPOConfig = GRPOConfig + these
+    own_arguments=GRPO_ARGUMENTS,  # AttentionGRPOConfig = GRPOConfig + these
     config=_config,
     build=build_grpo_trainer,
     trl_config="GRPOConfig",

@@ -124,14 +124,14 @@ def _add_field_help(parser: argparse.ArgumentParser, cls, shown: set[str]) -> No
     """One help row per field of `cls` not already in `shown`, in a group named after the class."""
     doc = (cls.__doc__ or "").strip().splitlines()
     group = parser.add_argument_group(cls.__name__, doc[0] if doc else None)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in shown or not f.init:
+    from . import dataclass_options
+
+    for f, kind, default, help_ in dataclass_options(cls):
+        if f.name in shown:
             continue
         shown.add(f.name)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        metavar, nargs = _metavar(hints[f.name])
-        help_text = f.metadata.get("help", "").replace("%", "%%") + " (default: %(default)s)"
+        metavar, nargs = _metavar(kind)
+        help_text = help_.replace("%", "%%") + " (default: %(default)s)"
         group.add_argument(f"--{f.name}", metavar=metavar, nargs=nargs, default=default, help=help_text)
 
 

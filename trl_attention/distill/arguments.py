@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .. import arguments as _shared  # check_weight / check_capture_checkpointing: deprecated names of this module
 from ..arguments import AttentionModelArguments, chain_post_init
 
-__all__ = ["AttentionDistillArguments", "GRPOTeacherArguments"]
+__all__ = ["GKD_ARGUMENTS", "AttentionDistillArguments", "GRPOTeacherArguments"]
 
 
 @dataclass
@@ -63,6 +63,17 @@ class GRPOTeacherArguments:
         chain_post_init(self, GRPOTeacherArguments)  # RALArguments', then GRPOConfig's, when mixed in
         _shared.check_capture_checkpointing(self)
 
+
+
+def _gkd_arguments() -> tuple:
+    from ..video.arguments import VideoArguments
+
+    return AttentionDistillArguments, VideoArguments
+
+
+GKD_ARGUMENTS = _gkd_arguments()
+"""The field dataclasses `AttentionGKDConfig` adds to TRL's `GKDConfig`, in `trl-attention gkd --help` order; the
+config's bases are these reversed."""
 
 def __getattr__(name: str):  # check_weight, check_capture_checkpointing: moved to trl_attention.arguments in 0.2.0
     from .._compat import moved_names

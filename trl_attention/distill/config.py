@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..trl_internals import GKDConfig
-from ..video.arguments import VideoArguments
-from .arguments import AttentionDistillArguments
+from .arguments import GKD_ARGUMENTS
 
 __all__ = ["AttentionGKDConfig"]
 
 
 @dataclass
-class AttentionGKDConfig(VideoArguments, AttentionDistillArguments, GKDConfig):
+class AttentionGKDConfig(*reversed(GKD_ARGUMENTS), GKDConfig):  # VideoArguments, AttentionDistillArguments
     r"""
     Configuration class for [`AttentionGKDTrainer`]: every [`~trl.experimental.gkd.GKDConfig`] field, plus the
     attention-distillation term.

@@ -24,7 +24,7 @@ __all__ = ["GRPOTeacherMixin"]
 
 class GRPOTeacherMixin:
     """Mix into a GRPOTrainer subclass; call `_init_teacher(teacher_model)` in `__init__` and add
-    `_teacher_loss(...)` to the loss (see `AttentionGRPOTrainer._compute_loss`)."""
+    `teacher_loss(...)` to the loss (see `AttentionGRPOTrainer._compute_loss`)."""
 
     def _init_teacher(self, teacher_model) -> None:
         self.gkd_coef = float(getattr(self.args, "gkd_coef", 0.0))
@@ -52,7 +52,7 @@ class GRPOTeacherMixin:
         )
         self.teacher_model = prepare_teacher(teacher_model, self)
 
-    def _teacher_loss(self, inputs, student_probs, hidden) -> torch.Tensor:
+    def teacher_loss(self, inputs, student_probs, hidden) -> torch.Tensor:
         """mu * GKD token JSD + gamma * attention JSD to the teacher on these rollouts, reduced like TRL's loss."""
         rows = inputs["completion_ids"].size(1)
         mask = loss_mask(inputs).float()

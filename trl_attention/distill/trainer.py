@@ -26,7 +26,7 @@ from ..distributed import DistributedChecksCallback, freeze_vision_tower
 from ..papers import model_card_paper
 from ..trl_internals import GKDTrainer, log_global_masked_mean
 from ..video.arguments import video_arguments
-from ..video.rows import VideoError, check_video_dataset, check_video_model
+from ..video.rows import VideoError, check_trainer_videos, check_video_model
 from .collator import VisionDistillationCollator, is_processor, validate_distillation_dataset
 from .config import AttentionGKDConfig
 from .losses import attention_distill_per_token, extra_forward_kwargs
@@ -168,15 +168,8 @@ class AttentionGKDTrainer(ResumeMixin, GKDTrainer):
         """Check video datasets now, not at step 1: rows (prompt parts, files, frame counts), student, teacher and
         processor (`VideoError` naming the row or model); point the collator at the model's placeholder tokens."""
         self.video_args = video_arguments(self.args)
-        datasets = [("train_dataset", self.train_dataset)]
-        if isinstance(eval_dataset, dict):
-            datasets += [(f"eval_dataset[{k!r}]", v) for k, v in eval_dataset.items()]
-        else:
-            datasets.append(("eval_dataset", eval_dataset))
-        self._has_video = any(
-            [check_video_dataset(d, self.model, self.processing_class, self.video_args, n) for n, d in datasets if d]
-        )
-        if not self._has_video:
+        self.has_video = check_trainer_videos(self, self.video_args, self.train_dataset, eval_dataset)
+        if not self.has_video:
             return
         try:
             check_video_model(self.teacher_model, self.processing_class)

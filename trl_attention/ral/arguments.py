@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..arguments import AttentionModelArguments, chain_post_init, check_capture_checkpointing, check_weight
 
-__all__ = ["ATTN_HEADS", "RALArguments"]
+__all__ = ["ATTN_HEADS", "GRPO_ARGUMENTS", "RALArguments"]
 
 ATTN_HEADS = ("mean", "per_head")  # `attn_heads`: the head-averaged distribution's divergence, or per head
 
@@ -60,3 +60,16 @@ class RALArguments(AttentionModelArguments):
             self.attn_layers = layers
         chain_post_init(self, RALArguments)  # GRPOConfig's checks, when mixed into it
         check_capture_checkpointing(self)
+
+
+def _grpo_arguments() -> tuple:
+    from ..distill.arguments import GRPOTeacherArguments
+    from ..video.arguments import VideoArguments
+
+    return RALArguments, GRPOTeacherArguments, VideoArguments
+
+
+GRPO_ARGUMENTS = _grpo_arguments()
+"""The field dataclasses `AttentionGRPOConfig` adds to TRL's `GRPOConfig`, in the order `trl-attention grpo --help`
+lists them; the config's bases are these reversed (the last listed checks its fields first). A new GRPO term's
+fields join here, and both the config and the CLI follow."""

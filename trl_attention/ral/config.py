@@ -6,15 +6,13 @@ from dataclasses import dataclass
 
 from trl import GRPOConfig
 
-from ..distill.arguments import GRPOTeacherArguments
-from ..video.arguments import VideoArguments
-from .arguments import RALArguments
+from .arguments import GRPO_ARGUMENTS
 
 __all__ = ["AttentionGRPOConfig"]
 
 
 @dataclass
-class AttentionGRPOConfig(VideoArguments, GRPOTeacherArguments, RALArguments, GRPOConfig):
+class AttentionGRPOConfig(*reversed(GRPO_ARGUMENTS), GRPOConfig):  # Video-, GRPOTeacher-, RALArguments
     r"""
     Configuration class for [`AttentionGRPOTrainer`]: every [`~trl.GRPOConfig`] field, plus the RAL term.
 

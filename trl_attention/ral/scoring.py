@@ -30,7 +30,8 @@ def old_attention(caps: dict, layers: list[int]) -> torch.Tensor:
 
 
 class ScoringCaptureMixin:
-    """Mix into a GRPOTrainer subclass before it; call `_init_scoring_capture(...)` in `__init__`."""
+    """Mix into a GRPOTrainer subclass before it; call `_init_scoring_capture(...)` in `__init__`. Offers the
+    other components `scoring_batch` and `score_rollouts` (ral/composition.py)."""
 
     def _init_scoring_capture(
         self, layer: int, needs_old_attention: bool, for_rewards: bool, old_layers=None, old_heads: str = "mean"
@@ -45,8 +46,7 @@ class ScoringCaptureMixin:
         self._needs_old_attention = needs_old_attention
         self._scoring_for_rewards = for_rewards
         self._scoring_pending = False
-        self._scoring = None  # stash of the last captured scoring forward
-        self._scoring_prompts = None
+        self._scoring = None  # the captured scoring forward of the generation batch in flight (`scoring_batch`)
 
     # -- capture inside TRL's scoring forward -------------------------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
@@ -93,7 +93,6 @@ class ScoringCaptureMixin:
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._scoring_pending = False
-            self._scoring_prompts = None  # set by the reward-attention mixin's `_tokenize_prompts`
         scoring, self._scoring = self._scoring, None
         if self._needs_old_attention and "old_per_token_logps" in output:
             if scoring is None:
@@ -106,6 +105,20 @@ class ScoringCaptureMixin:
                 )
             output["old_attention_probs"] = scoring["old_probs"]
         return output
+
+    @property
+    def scoring_batch(self) -> dict | None:
+        """The captured scoring forward of the generation batch in flight, None before TRL's scoring forward (and
+        outside `_generate_and_score_completions`): `probs` (B, C, T) head-averaged attention of `layer`,
+        `old_probs` (p_old), `input_ids`, `attention_mask`, `rows`, `entropies`, `image_grid_thw`, `num_images`.
+        Components may add keys (the reward mixin adds Gemma4's `image_position_ids`)."""
+        return getattr(self, "_scoring", None)
+
+    def score_rollouts(self, prompt_ids, prompt_mask, completion_ids, completion_mask, forward_kwargs) -> dict:
+        """Run the captured scoring forward now, when TRL ran none, and keep it as this generation batch's
+        `scoring_batch` (RAL's p_old then reuses it: still one scoring forward per generation batch)."""
+        self._scoring = self._scoring_forward(prompt_ids, prompt_mask, completion_ids, completion_mask, forward_kwargs)
+        return self._scoring
 
     @torch.no_grad()
     def _scoring_forward(self, prompt_ids, prompt_mask, completion_ids, completion_mask, forward_kwargs) -> dict:

@@ -12,6 +12,8 @@ How it rides on TRL without copying its methods:
   normalisation TRL applies to its policy loss for the configured `loss_type` (`trl_internals.aggregate_like_trl`).
 - SAYO's attention rewards (`sayo.RewardAttentionMixin`) and the distillation teacher terms
   (`distill.GRPOTeacherMixin`) share the same captures.
+
+Which components the trainer is made of, in which order, what each overrides and shares: composition.py.
 """
 
 from __future__ import annotations
@@ -24,33 +26,21 @@ import torch
 from trl import GRPOTrainer
 
 from ..capture import capture_attention
-from ..checkpointing import ResumeMixin, RolloutBufferMixin
 from ..capture.models import resolve_attention_layer, visual_masses
-from ..distill.grpo_term import GRPOTeacherMixin
 from ..distill.losses import backbone_hidden_states
 from ..distributed import DistributedChecksCallback, check_capture_supported, freeze_vision_tower
 from ..losses import attention_divergence, attention_entropy, attention_policy
 from ..papers import model_card_paper
-from ..sayo.attention import RewardAttentionMixin
 from ..trl_internals import aggregate_like_trl, log_global_masked_mean, loss_mask, reuses_rollouts
-from ..video.grpo import VideoGRPOMixin
+from . import composition
 from .config import AttentionGRPOConfig
-from .scoring import ScoringCaptureMixin
 
 __all__ = ["AttentionGRPOTrainer"]
 
 logger = logging.getLogger(__name__)
 
 
-class AttentionGRPOTrainer(
-    ResumeMixin,
-    RolloutBufferMixin,
-    GRPOTeacherMixin,
-    RewardAttentionMixin,
-    ScoringCaptureMixin,
-    VideoGRPOMixin,
-    GRPOTrainer,
-):
+class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the components, in order: composition.py
     """[`~trl.GRPOTrainer`] with RAL's attention-policy loss (Reinforced Attention Learning, arXiv 2602.04884).
 
     Same constructor as GRPOTrainer; configure with [`AttentionGRPOConfig`] (a plain `GRPOConfig` gets the RAL
@@ -102,7 +92,7 @@ class AttentionGRPOTrainer(
         self._init_scoring_capture(
             self.attn_layer,
             self.attn_coef != 0,
-            bool(self._attention_reward_indices),
+            bool(self.attention_reward_indices),
             self.attn_layers,
             old_heads="all" if self.attn_heads == "per_head" else "mean",
         )
@@ -124,7 +114,7 @@ class AttentionGRPOTrainer(
         checks look only at these; {} for plain GRPO)."""
         layers = {}
         distill = self.teacher_model is not None and self.attn_distill_coef != 0
-        if self.attn_coef != 0 or self._attention_reward_indices or distill:
+        if self.attn_coef != 0 or self.attention_reward_indices or distill:
             layers["model"] = self.attn_layer
         if distill:
             layers["teacher"] = self.teacher_attn_layer
@@ -152,7 +142,7 @@ class AttentionGRPOTrainer(
             student = caps[self.attn_layer].probs if distill else None
             if student is not None and heads[self.attn_layer] == "all":  # distillation keeps the head average
                 student = student.mean(1)
-            loss = loss + self._teacher_loss(inputs, student, hidden).to(loss.dtype)
+            loss = loss + self.teacher_loss(inputs, student, hidden).to(loss.dtype)
         if self.attn_coef == 0:
             return loss
         probs = [caps[layer].probs for layer in self.attn_layers]
@@ -192,11 +182,5 @@ class AttentionGRPOTrainer(
             log_global_masked_mean(self, f"attention/{name}", mass, mask)
 
     def _set_model_card_methods(self) -> None:
-        """Cite SAYO / attention distillation on the model card when this run uses them."""
-        methods = ["ral"] + (["sayo"] if self._attention_reward_indices else [])
-        self._tag_names = [
-            *type(self)._tag_names,
-            *(["sayo"] if self._attention_reward_indices else []),
-            *(["attention-distillation"] if self.teacher_model is not None else []),
-        ]
-        self._paper = model_card_paper(methods, GRPOTrainer._paper)
+        """The model card's tags and papers: those of the components active on this run (composition.py)."""
+        self._tag_names, self._paper = composition.model_card(self, GRPOTrainer._tag_names, GRPOTrainer._paper)

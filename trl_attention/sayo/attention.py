@@ -18,7 +18,7 @@ from ..visual.layouts import LayoutError, VisualLayout, visual_layout
 from ..trl_internals import pad
 from ..visual.checks import open_image
 from ..visual.regions import visual_token_positions
-from ..visual.rows import first_rows, first_video_row, row_images, row_name
+from ..visual.rows import first_rows, first_video_row, named_datasets, row_images, row_name
 
 __all__ = ["CompletionAttention", "RewardAttentionMixin", "completion_attention"]
 
@@ -99,11 +99,11 @@ class RewardAttentionMixin:
 
     def _init_reward_attention(self) -> None:
         self._reward_attention = None
-        self._scoring_prompts = None  # (prompt_ids, images, multimodal_fields) as TRL tokenised them
-        self._attention_reward_indices = [
+        self._rollout_prompts = None  # (prompt_ids, images, multimodal_fields) as TRL tokenised them
+        self.attention_reward_indices = [
             i for i, func in enumerate(self.reward_funcs) if getattr(func, "requires_attention", False)
         ]
-        if not self._attention_reward_indices:
+        if not self.attention_reward_indices:
             return
         if self.rollout_func is not None or self.environment_factories is not None or self.tools:
             raise ValueError(
@@ -113,7 +113,7 @@ class RewardAttentionMixin:
         # (the capture itself was checked by the trainer, check_capture_supported, before this runs)
         grid_rewards = [
             getattr(self.reward_funcs[i], "__name__", type(self.reward_funcs[i]).__name__)
-            for i in self._attention_reward_indices
+            for i in self.attention_reward_indices
             if getattr(self.reward_funcs[i], "needs_visual_grid", False)
         ]
         try:
@@ -125,14 +125,10 @@ class RewardAttentionMixin:
                     f"{', '.join(grid_rewards)} maps boxes to visual tokens, and cannot here: {error} "
                     "(docs/support-matrix.md, docs/sayo.md 'Layouts')"
                 ) from None
-        datasets = [("train_dataset", self.train_dataset)]
-        if isinstance(self.eval_dataset, dict):
-            datasets += [(f"eval_dataset[{name!r}]", split) for name, split in self.eval_dataset.items()]
-        else:
-            datasets.append(("eval_dataset", self.eval_dataset))
+        datasets = named_datasets(self.train_dataset, self.eval_dataset)
         self._refuse_video_rows(datasets)
         self._row_checks = []
-        for index in self._attention_reward_indices:
+        for index in self.attention_reward_indices:
             func = self.reward_funcs[index]
             for name, dataset in datasets:
                 if dataset is not None and hasattr(func, "validate"):
@@ -158,11 +154,11 @@ class RewardAttentionMixin:
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         """Gemma4's `image_position_ids` (its image grids) into the captured scoring batch the rewards read."""
-        before = getattr(self, "_scoring", None)
+        before = self.scoring_batch
         result = super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
         )
-        scoring = getattr(self, "_scoring", None)
+        scoring = self.scoring_batch
         if scoring is not None and scoring is not before and kwargs.get("image_position_ids") is not None:
             scoring["image_position_ids"] = kwargs["image_position_ids"]
         return result
@@ -170,16 +166,16 @@ class RewardAttentionMixin:
     def _refuse_video_rows(self, datasets) -> None:
         """Attention rewards with video rows: an error naming the first such row. `CompletionAttention` locates
         image tokens only and SAYO's boxes are per image; scoring video rows would be silently wrong."""
-        if getattr(self, "_has_video", None) is False:  # the video path found none (trl_attention.video.grpo)
+        if getattr(self, "has_video", None) is False:  # the video component found none (trl_attention.video.grpo)
             return
         names = [
             getattr(self.reward_funcs[i], "__name__", type(self.reward_funcs[i]).__name__)
-            for i in self._attention_reward_indices
+            for i in self.attention_reward_indices
         ]
         for name, dataset in datasets:
             found = first_video_row(dataset) if dataset is not None else None
             if found is not None:
-                from ..video.rows import VideoError
+                from ..visual.rows import VideoError
 
                 raise VideoError(
                     f"{name} row {found[0]}, column `{found[1]}`: a video row, but the reward(s) {', '.join(names)} "
@@ -191,7 +187,10 @@ class RewardAttentionMixin:
     def _generate_and_score_completions(self, inputs):
         for check in getattr(self, "_row_checks", ()):  # every sampled row, before TRL's processor sees it
             check(inputs, self.processing_class)
-        return super()._generate_and_score_completions(inputs)
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self._rollout_prompts = None  # set by `_tokenize_prompts` for this generation batch only
 
     def _with_attention(self, func):
         @functools.wraps(func)
@@ -203,16 +202,17 @@ class RewardAttentionMixin:
 
     def _tokenize_prompts(self, prompts):
         result = super()._tokenize_prompts(prompts)
-        self._scoring_prompts = result if self._attention_reward_indices else None
+        self._rollout_prompts = result if self.attention_reward_indices else None
         return result
 
     # -- attention for rewards ----------------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        if not self._attention_reward_indices:
+        if not self.attention_reward_indices:
             return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if self._scoring is None:  # TRL ran no scoring forward: run one, from what it tokenised for generation
-            self._scoring = self._scoring_forward(*self._rollout_tensors(completion_ids_list))
-        self._reward_attention = self._per_completion(self._scoring)
+        scoring = self.scoring_batch
+        if scoring is None:  # TRL ran no scoring forward: run one, from what it tokenised for generation
+            scoring = self.score_rollouts(*self._rollout_tensors(completion_ids_list))
+        self._reward_attention = self._per_completion(scoring)
         try:
             return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         finally:
@@ -220,7 +220,7 @@ class RewardAttentionMixin:
 
     def _rollout_tensors(self, completion_ids_list):
         """Padded prompt/completion tensors and model inputs rebuilt from the generation-time tokenisation."""
-        prompt_ids_list, images, fields = self._scoring_prompts
+        prompt_ids_list, images, fields = self._rollout_prompts
         device, pad_id = self.accelerator.device, self._tokenizer.pad_token_id
         prompts = [torch.as_tensor(ids) for ids in prompt_ids_list]
         completions = [torch.as_tensor(ids, dtype=torch.long) for ids in completion_ids_list]

@@ -23,7 +23,7 @@ from ..capture.models import unwrap_model
 from .arguments import video_arguments
 from .encode import merge_visuals, tokenize_visual_prompts
 from ..visual.rows import VIDEO_COLUMNS, VISUAL_COLUMNS, row_visuals
-from .rows import VideoError, check_video_dataset, encode_row
+from .rows import VideoError, check_trainer_videos, encode_row
 
 __all__ = ["LOGGED_COLUMNS", "VideoGRPOMixin", "mm_token_type_ids", "visual_forward_kwargs"]
 
@@ -52,24 +52,15 @@ class VideoGRPOMixin:
     """Mix into a GRPOTrainer subclass, right before GRPOTrainer; call `_init_video()` after its `__init__`."""
 
     def _init_video(self, train_dataset=None, eval_dataset=None) -> None:
-        self.video_args = video_arguments(self.args)
         self._batch_visuals = None  # the rows of the generation batch in flight
         self._forward_visuals = None  # the rows of the loss batch in flight
-        datasets = [("train_dataset", train_dataset)]
-        if isinstance(eval_dataset, dict):
-            datasets += [(f"eval_dataset[{k!r}]", v) for k, v in eval_dataset.items()]
-        else:
-            datasets.append(("eval_dataset", eval_dataset))
-        self._has_video = any(
-            check_video_dataset(d, self.model, self.processing_class, self.video_args, name)
-            for name, d in datasets
-            if d
-        )
-        if self._has_video:
+        self.video_args = video_arguments(self.args)
+        self.has_video = check_trainer_videos(self, self.video_args, train_dataset, eval_dataset)
+        if self.has_video:
             self._suppress_video_token()
             if self.log_multimodal:  # the heatmap callback's rollouts, in step with TRL's gathered _logs["prompt"]
                 self._logs["visual_rows"] = deque(maxlen=self.args.generation_batch_size)
-        if self._has_video and (self.use_vllm or self.tools or self.environment_factories):
+        if self.has_video and (self.use_vllm or self.tools or self.environment_factories):
             raise VideoError(
                 "video rows are generated with transformers' generate: use_vllm, tools and environments are not "
                 "supported with them yet"
@@ -99,9 +90,9 @@ class VideoGRPOMixin:
             self._logs["images"].extend(gather_object([row_visuals(r)[0] or None for r in inputs]))
 
     def _generate_and_score_completions(self, inputs):
-        if not self._has_video or not any(row.get(c) is not None for row in inputs for c in VIDEO_COLUMNS):
+        if not self.has_video or not any(row.get(c) is not None for row in inputs for c in VIDEO_COLUMNS):
             output = super()._generate_and_score_completions(inputs)
-            if self._has_video:
+            if self.has_video:
                 self._log_visual_rows(inputs, video_batch=False)
             return output
         cache: dict = {}

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ..visual.rows import VIDEO_COLUMNS, VISUAL_COLUMNS, VideoError, count_parts, row_visuals
+from ..visual.rows import VIDEO_COLUMNS, VISUAL_COLUMNS, VideoError, count_parts, named_datasets, row_visuals
 from .encode import encode_video, vision_geometry
 from .frames import load_video, probe, sample_frame_indices
 
-__all__ = ["VideoError", "check_video_dataset", "encode_row"]
+__all__ = ["VideoError", "check_trainer_videos", "check_video_dataset", "encode_row"]
 
 # Tested end to end: Qwen2.5-VL (the RAL paper's model). Qwen2-VL shares the token layout but its forward takes no
 # `second_per_grid_ts`; it stays out until a test covers it.
@@ -84,6 +84,17 @@ def _check_video(i: int, video, args, fps) -> None:
         sample_frame_indices(total, native_fps, args)
     except ValueError as err:
         raise VideoError(f"row {i}: {err}") from err
+
+
+def check_trainer_videos(trainer, video_args, train_dataset, eval_dataset) -> bool:
+    """Check a trainer's datasets' video rows now, not at step 1 (`check_video_dataset` on every dataset, each
+    error naming its dataset): whether any row has a video. Both trainers run it."""
+    found = [
+        check_video_dataset(dataset, trainer.model, trainer.processing_class, video_args, name)
+        for name, dataset in named_datasets(train_dataset, eval_dataset)
+        if dataset
+    ]
+    return any(found)
 
 
 def check_video_dataset(dataset, model, processing_class, args, name: str = "train_dataset") -> bool:

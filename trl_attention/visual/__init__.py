@@ -26,6 +26,7 @@ _EXPORTS = {
     "fixed_grid_token_indices": ".regions",
     "has_video": ".rows",
     "image_processor_of": ".checks",
+    "named_datasets": ".rows",
     "open_image": ".checks",
     "prompt_text": ".rows",
     "region_token_indices": ".regions",

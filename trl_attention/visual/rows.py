@@ -18,6 +18,7 @@ __all__ = [
     "first_rows",
     "first_video_row",
     "has_video",
+    "named_datasets",
     "prompt_text",
     "row_images",
     "row_name",
@@ -107,6 +108,15 @@ def row_visuals(row) -> tuple[list, list]:
     videos = row.get("videos")
     videos = list(videos) if videos is not None else ([row["video"]] if row.get("video") is not None else [])
     return images, videos
+
+
+def named_datasets(train_dataset, eval_dataset) -> list[tuple[str, object]]:
+    """[("train_dataset", ...), ("eval_dataset", ...) or one ("eval_dataset['name']", ...) per split of a dict]: the
+    names errors use for a trainer's datasets."""
+    datasets = [("train_dataset", train_dataset)]
+    if isinstance(eval_dataset, dict):
+        return datasets + [(f"eval_dataset[{name!r}]", split) for name, split in eval_dataset.items()]
+    return datasets + [("eval_dataset", eval_dataset)]
 
 
 def has_video(value) -> bool:
