@@ -59,10 +59,16 @@ def test_overrides_match_trl_signatures(trl_cls, ours, name, expected):
         f"them to start with ({', '.join(expected)}); {SEE}"
     )
     overrides = [cls for cls in ours.__mro__[: ours.__mro__.index(trl_cls)] if name in vars(cls)]
+    static = isinstance(inspect.getattr_static(trl_cls, name), staticmethod)
+    assert all(isinstance(vars(cls)[name], staticmethod) == static for cls in overrides), (
+        f"{owner} is {'a' if static else 'not a'} staticmethod in TRL: the override must keep that (TRL's API)"
+    )
     assert overrides, f"{owner} is declared as overridden but no class of {ours.__name__} overrides it"
     for cls in overrides:  # TRL may pass any of its parameters: every override must accept all of them
         try:
-            inspect.signature(vars(cls)[name]).bind(None, **dict.fromkeys(found))
+            method = vars(cls)[name]
+            self_ = () if isinstance(method, staticmethod) else (None,)
+            inspect.signature(method).bind(*self_, **dict.fromkeys(found))
         except TypeError as error:
             pytest.fail(f"{cls.__qualname__}.{name} does not accept TRL's ({', '.join(found)}): {error}")
 

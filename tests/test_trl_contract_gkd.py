@@ -41,6 +41,14 @@ def test_gkd_contract(tmp_path):
     ids, mask, labels = GKDTrainer.generate_on_policy_outputs(generate_only, generated, config)
     width = batch["prompts"].size(1) + 3
     assert ids.shape == mask.shape == labels.shape == (2, width) and (labels[:, : width - 3] == -100).all()
+    # GKD's public API kept: a static method stays static (TRL's tests call it on the class), same outputs
+    from trl_attention import AttentionGKDTrainer
+
+    for name, value in vars(GKDTrainer).items():
+        if isinstance(value, (staticmethod, classmethod)) and name in vars(AttentionGKDTrainer):
+            assert type(vars(AttentionGKDTrainer)[name]) is type(value), f"{name} is no longer a {type(value).__name__}"
+    ours = AttentionGKDTrainer.generate_on_policy_outputs(generate_only, dict(batch), config)
+    assert all(torch.equal(a, b) for a, b in zip(ours, (ids, mask, labels)))
     undeclared = (recorded.read | generated.read) - set(ti.GKD_BATCH_KEYS)
     assert not undeclared, f"TRL's GKD now reads batch keys {sorted(undeclared)}; {SEE}"
     calls = []  # the overrides are reached through `self`: one on-policy training step calls both

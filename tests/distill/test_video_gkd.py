@@ -14,6 +14,7 @@ from trl.experimental.gkd import GKDTrainer
 from tests.testing_utils import gkd_args
 from trl_attention.distill import AttentionGKDConfig, AttentionGKDTrainer
 from trl_attention.distill.collator import VisionDistillationCollator
+from trl_attention.distill.trainer import multimodal_kwargs
 from trl_attention.tiny import build_tiny_lm, build_tiny_qwen_vl, build_tiny_vlm, make_grounding_dataset
 from trl_attention.tiny.video_data import make_motion_dataset
 from trl_attention.video import VideoArguments, VideoError, write_video
@@ -188,7 +189,7 @@ def test_on_policy_generation_with_video_equals_direct_generate(tmp_path):
     assert not (ids[:, width:] == model.config.video_token_id).any()
     # The regenerated batch keeps its rows' videos: the loss forward equals a direct one on the new tokens.
     batch.update(input_ids=ids, attention_mask=mask, labels=labels)
-    assert torch.equal(trainer._multimodal_kwargs(batch, ids)["mm_token_type_ids"], _types(model, ids))
+    assert torch.equal(multimodal_kwargs(batch, ids)["mm_token_type_ids"], _types(model, ids))
     with torch.no_grad():
         _, outputs = trainer.compute_loss(model, batch, return_outputs=True)
         reference = model(input_ids=ids, attention_mask=mask, mm_token_type_ids=_types(model, ids), **hand)

@@ -32,7 +32,7 @@ from .config import AttentionGKDConfig
 from .losses import attention_distill_per_token, extra_forward_kwargs
 from .teacher import check_teacher, load_teacher
 
-__all__ = ["AttentionGKDTrainer", "completion_rows"]
+__all__ = ["AttentionGKDTrainer", "completion_rows", "multimodal_kwargs"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,29 @@ class _GenerateWithExtras:
 
     def generate(self, **kwargs):
         return self._model.generate(**{**self._extras, **kwargs})
+
+
+def multimodal_kwargs(inputs: dict, input_ids: torch.Tensor | None = None) -> dict:
+    """Image / video tensors of the batch, with `mm_token_type_ids` spanning `input_ids` (prompt types, then
+    zeros: completions hold no placeholder, generation suppresses them)."""
+    extras = {key: inputs[key] for key in _PASSTHROUGH_KEYS if inputs.get(key) is not None}
+    prompt_types = inputs.get("prompt_mm_token_type_ids")
+    if prompt_types is None:
+        return extras
+    if input_ids is None:
+        extras["mm_token_type_ids"] = prompt_types
+        return extras
+    prompts, prompt_mask = inputs["prompts"], inputs["prompt_attention_mask"].bool()
+    width = prompts.size(1)
+    if input_ids.size(1) < width or not bool((input_ids[:, :width] == prompts)[prompt_mask].all()):
+        raise ValueError(
+            "the batch's input_ids do not start with its `prompts`, so the image token types cannot be aligned: "
+            "lay batches out as [left-padded prompt | completion], as VisionDistillationCollator does"
+        )
+    extras["mm_token_type_ids"] = torch.cat(
+        [prompt_types, prompt_types.new_zeros(prompt_types.size(0), input_ids.size(1) - width)], dim=1
+    )
+    return extras
 
 
 class AttentionGKDTrainer(ResumeMixin, GKDTrainer):
@@ -189,38 +212,19 @@ class AttentionGKDTrainer(ResumeMixin, GKDTrainer):
             return {}
         return {"model": self.attn_layer, "teacher": self.teacher_attn_layer}
 
-    # -- image tensors for the models -----------------------------------------------------------------------------
-    def _multimodal_kwargs(self, inputs: dict, input_ids: torch.Tensor | None = None) -> dict:
-        """Image / video tensors of the batch, with `mm_token_type_ids` spanning `input_ids` (prompt types, then
-        zeros: completions hold no placeholder, generation suppresses them)."""
-        extras = {key: inputs[key] for key in _PASSTHROUGH_KEYS if inputs.get(key) is not None}
-        prompt_types = inputs.get("prompt_mm_token_type_ids")
-        if prompt_types is None:
-            return extras
-        if input_ids is None:
-            extras["mm_token_type_ids"] = prompt_types
-            return extras
-        prompts, prompt_mask = inputs["prompts"], inputs["prompt_attention_mask"].bool()
-        width = prompts.size(1)
-        if input_ids.size(1) < width or not bool((input_ids[:, :width] == prompts)[prompt_mask].all()):
-            raise ValueError(
-                "the batch's input_ids do not start with its `prompts`, so the image token types cannot be aligned: "
-                "lay batches out as [left-padded prompt | completion], as VisionDistillationCollator does"
-            )
-        extras["mm_token_type_ids"] = torch.cat(
-            [prompt_types, prompt_types.new_zeros(prompt_types.size(0), input_ids.size(1) - width)], dim=1
-        )
-        return extras
-
-    def generate_on_policy_outputs(self, model, inputs, generation_config):
-        extras = self._multimodal_kwargs(inputs)
-        return super().generate_on_policy_outputs(
-            _GenerateWithExtras(model, extras) if extras else model, inputs, generation_config
+    # -- on-policy generation ---------------------------------------------------------------------------------------
+    @staticmethod
+    def generate_on_policy_outputs(model, inputs, generation_config, *args, **kwargs):
+        """GKD's static generation (TRL calls it as `self.generate_on_policy_outputs`, its tests on the class), with
+        the batch's image / video tensors passed to `generate`; further arguments go to TRL's as they are."""
+        extras = multimodal_kwargs(inputs)
+        return GKDTrainer.generate_on_policy_outputs(
+            _GenerateWithExtras(model, extras) if extras else model, inputs, generation_config, *args, **kwargs
         )
 
     # -- the loss -------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        extras = self._multimodal_kwargs(inputs, inputs["input_ids"])
+        extras = multimodal_kwargs(inputs, inputs["input_ids"])
         if self.attn_distill_coef == 0 and self.gkd_coef == 1.0 and not extras:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with contextlib.ExitStack() as stack:
