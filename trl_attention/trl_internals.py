@@ -196,7 +196,7 @@ HELPER_PARAMETERS = {
     "disable_dropout_in_model": ("model",),
     "prepare_deepspeed": ("model", "accelerator"),
     "prepare_fsdp": ("model", "accelerator"),
-    "generalized_jsd_loss": ("student_logits", "teacher_logits", "beta", "reduction"),
+    "generalized_jsd_loss": ("student_logits", "teacher_logits", "beta", "temperature", "reduction"),
 }
 
 
@@ -259,7 +259,12 @@ def log_global_masked_mean(trainer, name: str, values: torch.Tensor, mask: torch
     return value
 
 
-def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float) -> torch.Tensor:
+def generalized_jsd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float, temperature: float = 1.0
+) -> torch.Tensor:
     """(B, C) per-token generalized JSD of GKD (TRL's own `GKDTrainer.generalized_jsd_loss`, summed over the
-    vocabulary), so the GRPO teacher term is exactly GKD's token loss on the rollouts."""
-    return GKDTrainer.generalized_jsd_loss(student_logits, teacher_logits, beta=beta, reduction="none").sum(-1)
+    vocabulary), so the GRPO teacher term is exactly GKD's token loss on the rollouts. `temperature` divides both
+    logits (GKD's convention): the GRPO term passes TRL's sampling temperature, the one its policy logps use."""
+    return GKDTrainer.generalized_jsd_loss(
+        student_logits, teacher_logits, beta=beta, temperature=temperature, reduction="none"
+    ).sum(-1)

@@ -33,7 +33,8 @@ def _logged(trainer, key):
     return [h[key] for h in trainer.state.log_history if key in h]
 
 
-def test_teacher_terms_equal_hand_computation_on_vlm_rollouts(tmp_path):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_teacher_terms_equal_hand_computation_on_vlm_rollouts(tmp_path, temperature):
     teacher, processor = build_tiny_vlm(seed=1, **TEACHER_SHAPE)
     path = str(tmp_path / "teacher")
     teacher.save_pretrained(path)
@@ -48,6 +49,7 @@ def test_teacher_terms_equal_hand_computation_on_vlm_rollouts(tmp_path):
         loss_type="grpo",
         gkd_coef=1.3,
         attn_distill_coef=0.7,
+        temperature=temperature,  # the token term reads both models at TRL's sampling temperature
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -80,7 +82,8 @@ def test_teacher_terms_equal_hand_computation_on_vlm_rollouts(tmp_path):
             output_attentions=True,
         )
         s_out, t_out = student(**kwargs), eager_teacher(**kwargs)
-    token = hand_jsd(s_out.logits[:, -rows - 1 : -1].softmax(-1), t_out.logits[:, -rows - 1 : -1].softmax(-1))
+    s_logits, t_logits = (out.logits[:, -rows - 1 : -1] / temperature for out in (s_out, t_out))
+    token = hand_jsd(s_logits.softmax(-1), t_logits.softmax(-1))
     length = kwargs["input_ids"].size(1)
     positions = torch.arange(length - rows, length)
     before = torch.arange(length)[None, :] < positions[:, None]  # keys strictly before each completion token

@@ -77,7 +77,10 @@ class GRPOTeacherMixin:
             states = torch.cat(hidden, dim=0)[:, -rows - 1 : -1]  # positions predicting the completion tokens
             with self.accelerator.autocast():
                 student_logits = unwrap_model(self.model).get_output_embeddings()(states)
-            per_token = token_generalized_jsd(student_logits.float(), outputs.logits[:, :-1].float(), self.gkd_beta)
+            # at TRL's sampling temperature: the student's distribution is the policy whose logps GRPO optimises
+            per_token = token_generalized_jsd(
+                student_logits.float(), outputs.logits[:, :-1].float(), self.gkd_beta, self.temperature
+            )
             total = total + self.gkd_coef * aggregate_like_trl(self, per_token, mask, inputs)
             log_global_masked_mean(self, "distill/gkd_jsd", per_token.detach(), mask)
         if self.attn_distill_coef:
