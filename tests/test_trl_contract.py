@@ -189,14 +189,29 @@ def vlm(tmp_path_factory):
     trainer = grpo_trainer(
         tmp_path_factory.mktemp("out"), model, processor, dataset, funcs, num_iterations=2, beta=0.05
     )
-    trainer.reward_funcs[1] = lambda completions, **kw: [0.25] * len(completions)  # as the attention rewards do
+    passed = []  # the keywords TRL gives a reward function
+
+    def constant(completions, **kwargs):  # replaced after construction, as the attention rewards are
+        passed.append(sorted(kwargs) + ["completions"])
+        return [0.25] * len(completions)
+
+    trainer.reward_funcs[1] = constant
     calls, names = [], ("_tokenize_prompts", "_get_per_token_logps_and_entropies", "_calculate_rewards")
     record_calls(trainer, names, calls)
     trainer.model.train()
     output = trainer._generate_and_score_completions([dataset[i] for i in range(4)])
     for name in names:
         delattr(trainer, name)
-    return SimpleNamespace(trainer=trainer, output=output, calls=calls)
+    columns = dataset.column_names
+    return SimpleNamespace(trainer=trainer, output=output, calls=calls, reward_kwargs=passed, columns=columns)
+
+
+def test_reward_functions_get_the_declared_keywords(vlm):
+    (passed,) = vlm.reward_kwargs
+    columns = set(vlm.columns) - set(ti.REWARD_EXCLUDED_COLUMNS)
+    assert set(passed) == set(ti.REWARD_KWARGS) | columns, (
+        f"TRL now passes reward functions {sorted(set(passed) - columns)} besides the dataset's columns; {SEE}"
+    )
 
 
 def test_rollout_batch_and_calls(vlm):

@@ -57,7 +57,10 @@ __all__ = [
     "LOSS_BATCH_KEYS",
     "LOSS_TYPES",
     "OPTIONAL_LOSS_BATCH_KEYS",
+    "OPTIONAL_REWARD_KWARGS",
     "PACKAGE_BATCH_KEYS",
+    "REWARD_EXCLUDED_COLUMNS",
+    "REWARD_KWARGS",
     "PACKAGE_LIST_BATCH_KEYS",
     "PAPER_KEYS",
     "ROLLOUT_STATE_ATTRIBUTES",
@@ -102,6 +105,11 @@ GKD_OVERRIDES = {
     "generate_on_policy_outputs": ("model", "inputs", "generation_config"),
     "compute_loss": ("model", "inputs", "return_outputs", "num_items_in_batch"),
 }
+# What TRL's `_calculate_rewards` passes a reward function by keyword: these, every dataset column but
+# `REWARD_EXCLUDED_COLUMNS` (one list per column), and `OPTIONAL_REWARD_KWARGS` when the run has them (environments).
+REWARD_KWARGS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
+REWARD_EXCLUDED_COLUMNS = ("prompt", "completion", "completion_ids")
+OPTIONAL_REWARD_KWARGS = ("environments",)
 # transformers `Trainer` methods overridden by `trl_attention.checkpointing` (both trainers; resuming) -> the
 # parameters the overrides read or pass on.
 TRAINER_CHECKPOINT_OVERRIDES = {

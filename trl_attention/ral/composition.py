@@ -94,7 +94,12 @@ COMPONENTS = (
     Component(
         "video",
         VideoGRPOMixin,
-        ("_generate_and_score_completions", "_tokenize_prompts", "_compute_loss", "_get_per_token_logps_and_entropies"),
+        (
+            "_generate_and_score_completions",
+            "_tokenize_prompts",
+            "_compute_loss",
+            "_get_per_token_logps_and_entropies",
+        ),
         provides=("has_video", "video_args"),
         setup="_init_video",
         active=lambda trainer: bool(getattr(trainer, "has_video", False)),

@@ -31,6 +31,7 @@ from ..distill.losses import backbone_hidden_states
 from ..distributed import DistributedChecksCallback, check_capture_supported, freeze_vision_tower
 from ..losses import attention_divergence, attention_entropy, attention_policy
 from ..papers import model_card_paper
+from ..rewards import check_reward_inputs
 from ..trl_internals import aggregate_like_trl, log_global_masked_mean, loss_mask, reuses_rollouts
 from . import composition
 from .config import AttentionGRPOConfig
@@ -69,6 +70,7 @@ class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the component
 
     def __init__(self, *args, teacher_model=None, **kwargs):
         super().__init__(*args, **kwargs)
+        check_reward_inputs(self)  # a reward's missing column: an error now, not a TypeError at step 1
         self._init_video(self.train_dataset, self.eval_dataset)  # video rows: checked now, not at step 1
         if getattr(self.args, "freeze_vision_tower", False):  # the optimizer is built later, in train()
             freeze_vision_tower(self.model)
