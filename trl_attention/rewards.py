@@ -8,7 +8,6 @@ Video-R1's five problem types, each by its own rule (docs/video.md#video-r1-reco
 from __future__ import annotations
 
 import difflib
-import inspect
 import re
 import string
 
@@ -24,8 +23,6 @@ __all__ = [
     "choice_letter",
     "completion_text",
     "exact_answer",
-    "check_reward_inputs",
-    "missing_reward_inputs",
     "edit_distance",
     "problem_type_name",
     "reasoning_format_reward",
@@ -223,56 +220,3 @@ def video_r1_accuracy_reward(completions, solution, problem_type, **kwargs) -> l
         pred = tags[-1].strip() if tags else ""
         rewards.append(_score(kind, pred, answer_text(target)) if pred else 0.0)
     return rewards
-
-
-def missing_reward_inputs(func, available) -> list[str]:
-    """The parameters `func` requires that a call passing `available` by keyword (as TRL calls reward functions)
-    would not fill: required parameters outside `available`, and positional-only ones. [] when its signature cannot be
-    read (a builtin) or it takes `**kwargs` only for what is missing."""
-    try:
-        parameters = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    missing = []
-    for p in parameters:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is not p.empty:
-            continue
-        if p.kind is p.POSITIONAL_ONLY or p.name not in available:
-            missing.append(p.name)
-    return missing
-
-
-def check_reward_inputs(trainer) -> None:
-    """At construction, not at the first step: a reward function that requires a keyword TRL will not pass it (no
-    such dataset column) is a ValueError naming the reward, the parameter and the dataset's columns. Datasets whose
-    columns are not known before reading (a generator-built `IterableDataset`) are left to the first step."""
-    from torch import nn
-
-    from . import trl_internals as ti
-    from .visual.rows import named_datasets
-
-    given = set(ti.REWARD_KWARGS)
-    if getattr(trainer, "environments", None) is not None:
-        given |= set(ti.OPTIONAL_REWARD_KWARGS)
-    for dataset_name, dataset in named_datasets(trainer.train_dataset, trainer.eval_dataset):
-        columns = getattr(dataset, "column_names", None)
-        if dataset is None or columns is None:
-            continue
-        available = given | (set(columns) - set(ti.REWARD_EXCLUDED_COLUMNS))
-        for func, name in zip(trainer.reward_funcs, trainer.reward_func_names):
-            if isinstance(func, nn.Module):  # a reward model reads the text, not columns
-                continue
-            own = {"attention"} if getattr(func, "requires_attention", False) else set()
-            missing = missing_reward_inputs(func, available | own)
-            if missing:
-                excluded = [c for c in missing if c in ti.REWARD_EXCLUDED_COLUMNS]
-                why = (
-                    f" (TRL passes the `{excluded[0]}` column as `{excluded[0]}s`)"
-                    if excluded and excluded[0] != "completion_ids"
-                    else ""
-                )
-                raise ValueError(
-                    f"reward function {name!r} requires {', '.join(f'`{m}`' for m in missing)}, which {dataset_name} "
-                    f"does not provide{why}: its columns are {sorted(columns)}, and TRL also passes "
-                    f"{sorted(given)}. Add the column, give the parameter a default, or take it from **kwargs."
-                )

@@ -82,6 +82,8 @@ def attention_metrics(model, processor, row: dict, completion: str) -> dict:
 def evaluate(model, processor, dataset, max_new_tokens: int) -> dict:
     """Means over the held-out rows of `METRICS` (accuracy from greedy generation), `answer_format` (the share of
     completions exactly `<answer>...</answer>`) and one example completion."""
+    if len(dataset) == 0:
+        raise ValueError("evaluate: the held-out dataset is empty (there is no row to measure)")
     completions = generate(model, processor, dataset, max_new_tokens)
     correct = accuracy_reward(completions, dataset["solution"])
     per_row = [attention_metrics(model, processor, dataset[i], c) for i, c in enumerate(completions)]

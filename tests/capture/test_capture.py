@@ -203,6 +203,12 @@ def test_peft_wrapped_model_is_captured(lm):
     assert any("lora_B" in n and p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters())
 
 
+@pytest.mark.parametrize("rows", [-1, 0, 1.5, True, "2"])
+def test_num_rows_must_be_a_positive_int(lm, rows):
+    with pytest.raises(CaptureError, match=rf"capture_attention\(num_rows={rows!r}\): an int >= 1"):
+        capture_attention(lm, num_rows=rows)
+
+
 def test_unsupported_model_and_implementation_errors(lm):
     with pytest.raises(
         CaptureError, match=r"Linear.*cannot find the decoder layers|cannot find the decoder layers of Linear"

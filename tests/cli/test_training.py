@@ -151,6 +151,7 @@ def test_rewards_and_dataset_preparation():
     ]
     assert resolve_rewards(["format"], "answer")[0].__name__ == "answer_format_reward"
     assert resolve_rewards(["trl_attention.rewards.answer_format_reward"])[0].__name__ == "answer_format_reward"
+    assert resolve_rewards("answer_match") == resolve_rewards(["answer_match"])  # YAML `rewards: answer_match`
     with pytest.raises(ValueError, match="needs prompt_format 'reasoning' or 'answer'"):
         resolve_rewards(["format"], "none")
     reasoning, answer = resolve_rewards(["format"], "reasoning")[0], resolve_rewards(["format"], "answer")[0]

@@ -113,3 +113,18 @@ def test_bad_ablation_fields_are_errors(tmp_path, text_dataset):
         AttentionGRPOConfig(output_dir=str(tmp_path), attn_layers=[1, 1])
     with pytest.raises(CaptureError, match="attn_layers"):
         _trainer(tmp_path, text_dataset, attn_layers=[0, 9])
+    for bad in ([1.5], [True], "1", 1):  # were silently [1] / accepted
+        with pytest.raises(ValueError, match="attn_layers must be integer layer indices"):
+            AttentionGRPOConfig(output_dir=str(tmp_path), attn_layers=bad)
+
+
+def test_metrics_read_attn_layer_whatever_attn_layers_lists(tmp_path, text_dataset):
+    """`attention/entropy` is attn_layer's (its help), also when attn_layers does not list it: with attn_layers=[0]
+    it is the default run's (attn_layer=-1) at the first step, bit for bit (same rollouts, same capture of layer -1,
+    before any update), and not that of a run whose attn_layer is 0 (the tiny model's layers differ little)."""
+    first = lambda trainer: trainer.state.log_history[0]["attention/entropy"]  # noqa: E731
+    default = _trainer(tmp_path / "a", text_dataset)
+    other_layers = _trainer(tmp_path / "b", text_dataset, attn_layers=[0])
+    layer_0 = _trainer(tmp_path / "c", text_dataset, attn_layers=[0], attn_layer=0)
+    assert first(other_layers) == first(default)
+    assert first(layer_0) != first(default)

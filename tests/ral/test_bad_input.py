@@ -152,3 +152,24 @@ def test_cli_model_with_tiny_is_an_error(capsys, tmp_path, no_loading):
     config.write_text(yaml.safe_dump({"tiny": True, "dataset_name": "org/d", "output_dir": str(tmp_path)}))
     status, err = _grpo(capsys, "--config", str(config), "--model_name_or_path", "org/m")
     assert status == 2 and "error: --model_name_or_path org/m, --dataset_name org/d given with --tiny" in err, err
+
+
+def test_python_api_names_a_missing_local_model_or_teacher_path(tmp_path):
+    """Was transformers' "Repo id must be in the form 'repo_name' or 'namespace/repo_name'" (a path read as a hub id)."""
+    from trl_attention import AttentionGKDConfig, AttentionGKDTrainer, AttentionGRPOTrainer
+    from trl_attention.tiny import build_tiny_lm
+
+    missing = str(tmp_path / "no-such-model")
+    args = trainer_args(AttentionGRPOConfig, tmp_path, attn_coef=0.0)
+    with pytest.raises(ValueError, match=rf"^model='{missing}': no such local path"):
+        AttentionGRPOTrainer(model=missing, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args)
+    model, tokenizer = build_tiny_lm()
+    with pytest.raises(ValueError, match=r"^teacher_model='\./missing/teacher': no such local path"):
+        AttentionGRPOTrainer(
+            model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
+            processing_class=tokenizer, teacher_model="./missing/teacher",
+        )
+    gkd_args = AttentionGKDConfig(output_dir=str(tmp_path / "gkd"), use_cpu=True, report_to=[])
+    for kwargs in ({"model": missing, "teacher_model": model}, {"model": model, "teacher_model": "~/no/teacher"}):
+        with pytest.raises(ValueError, match=r"(model|teacher_model)='.*': no such local path"):
+            AttentionGKDTrainer(args=gkd_args, processing_class=tokenizer, **kwargs)

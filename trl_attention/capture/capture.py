@@ -15,6 +15,7 @@ the recomputation's saved-tensor sequence identical to a forward without capture
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +46,15 @@ class AttentionCapture:
     def __post_init__(self):
         if self.heads not in HEADS:
             raise CaptureError(f"capture_attention(heads={self.heads!r}): choose one of {', '.join(HEADS)}")
+        if self.num_rows is not None:
+            try:
+                rows = None if isinstance(self.num_rows, bool) else operator.index(self.num_rows)
+            except TypeError:
+                rows = None
+            if rows is None or rows < 1:
+                raise CaptureError(
+                    f"capture_attention(num_rows={self.num_rows!r}): an int >= 1 (the last rows), or None for all"
+                )
         self._hooks = attention_hooks(self.model, self._observe, layers=[self.layer], implementations=ANY)
         self.layer_index = self._hooks.layers[0]  # among the attention layers
         self.model_layer_index = self._hooks.model_layers[0]  # the model's own decoder layer index

@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..loading import looks_local
 from .recipes import PROMPT_FORMATS, prepare_dataset, synthetic_vqa
 from .training import ConfigError
 
@@ -91,15 +92,6 @@ def _tiny_checkpoint(seed: int) -> str:
     if distributed:
         dist.broadcast_object_list(path, src=0)  # also the barrier: the others wait until the files exist
     return path[0]
-
-
-def looks_local(name: str) -> bool:
-    """Whether `name` is meant as a local path rather than a hub id: absolute, `./`, `../`, `~`, or its parent
-    directory exists (`outputs/run-1` next to an `outputs/` directory)."""
-    path = Path(name).expanduser()
-    if path.is_absolute() or name.startswith(("./", "../", "~", ".\\", "..\\")) or name in (".", ".."):
-        return True
-    return str(path.parent) not in ("", ".") and path.parent.is_dir()
 
 
 def check_sources(data_args: DataArguments, model_args, teacher: str | None = None, tiny_teacher: bool = False):

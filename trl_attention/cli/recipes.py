@@ -67,6 +67,8 @@ REWARDS = {
 
 def resolve_rewards(names, prompt_format: str = "answer") -> list:
     """Reward callables for `names`: keys of `REWARDS` or dotted import paths (`my_pkg.rewards.func`)."""
+    if isinstance(names, str):  # `rewards: accuracy` in a YAML config: one name, not its letters
+        names = [names]
     if not names:
         raise ValueError(f"no reward given; choose from {sorted(REWARDS)} or a dotted import path")
     rewards = []

@@ -23,6 +23,7 @@ import torch
 from ..capture import capture_attention, unwrap_model, visual_token_ids
 from ..checkpointing import ResumeMixin
 from ..distributed import DistributedChecksCallback, freeze_vision_tower
+from ..loading import check_local_path
 from ..papers import model_card_paper
 from ..trl_internals import GKDTrainer, log_global_masked_mean
 from ..video.arguments import video_arguments
@@ -132,6 +133,8 @@ class AttentionGKDTrainer(ResumeMixin, GKDTrainer):
     ):
         if args is None:
             args = AttentionGKDConfig(output_dir="tmp_trainer")
+        check_local_path("model", model)  # a missing local path: named, not transformers' repo-id error
+        check_local_path("teacher_model", teacher_model)
         vision = is_processor(processing_class)
         if vision:
             for dataset in (

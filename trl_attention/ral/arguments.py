@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 from ..arguments import AttentionModelArguments, chain_post_init, check_capture_checkpointing, check_weight
@@ -54,6 +55,10 @@ class RALArguments(AttentionModelArguments):
         if self.attn_heads not in ATTN_HEADS:
             raise ValueError(f"attn_heads must be one of {list(ATTN_HEADS)}, got {self.attn_heads!r}")
         if self.attn_layers is not None:
+            layers = self.attn_layers
+            listed = not isinstance(layers, (str, bytes, numbers.Number))
+            if not listed or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in layers):
+                raise ValueError(f"attn_layers must be integer layer indices (or None), got {self.attn_layers!r}")
             layers = [int(layer) for layer in self.attn_layers]
             if not layers or len(set(layers)) != len(layers):
                 raise ValueError(f"attn_layers must be distinct layer indices (or None), got {self.attn_layers!r}")

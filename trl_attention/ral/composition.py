@@ -19,6 +19,7 @@ from ..checkpointing import ResumeMixin, RolloutBufferMixin
 from ..distill.grpo_term import GRPOTeacherMixin
 from ..sayo.attention import RewardAttentionMixin
 from ..video.grpo import VideoGRPOMixin
+from .reward_checks import RewardChecksMixin
 from .scoring import ScoringCaptureMixin
 
 __all__ = ["COMPONENTS", "RAL_TERM", "SETUP_ORDER", "Component", "active_components", "mixins", "model_card"]
@@ -66,6 +67,13 @@ COMPONENTS = (
         tags=("attention-distillation",),
         papers=("ral",),
         doc="mu * GKD + gamma * attention distillation to a teacher on the rollouts (added by the RAL term's loss)",
+    ),
+    Component(
+        "reward-checks",
+        RewardChecksMixin,
+        ("_calculate_rewards",),
+        setup="_init_reward_checks",
+        doc="reward inputs checked at construction (a missing column named); an infinite reward an error",
     ),
     Component(
         "reward-attention",
@@ -116,9 +124,16 @@ RAL_TERM = Component(
     papers=("ral",),
     doc="the RAL term, attn_coef * A_t * JSD(p_theta || p_old), in the trainer class itself (ral/trainer.py)",
 )
-SETUP_ORDER = ("_init_video", "_init_teacher", "_init_reward_attention", "_init_scoring_capture")
-"""Video first (its dataset checks say which rows have video, which the reward checks read); the reward mixin before
-the scoring capture, which needs to know whether rewards read attention."""
+SETUP_ORDER = (
+    "_init_reward_checks",
+    "_init_video",
+    "_init_teacher",
+    "_init_reward_attention",
+    "_init_scoring_capture",
+)
+"""The reward inputs first (a missing column is the cheapest error); video next (its dataset checks say which rows
+have video, which the attention rewards read); the reward mixin before the scoring capture, which needs to know
+whether rewards read attention."""
 
 
 def mixins() -> tuple[type, ...]:

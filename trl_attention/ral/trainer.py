@@ -29,9 +29,9 @@ from ..capture import capture_attention
 from ..capture.models import resolve_attention_layer, visual_masses
 from ..distill.losses import backbone_hidden_states
 from ..distributed import DistributedChecksCallback, check_capture_supported, freeze_vision_tower
+from ..loading import check_local_path
 from ..losses import attention_divergence, attention_entropy, attention_policy
 from ..papers import model_card_paper
-from ..rewards import check_reward_inputs
 from ..trl_internals import aggregate_like_trl, log_global_masked_mean, loss_mask, reuses_rollouts
 from . import composition
 from .config import AttentionGRPOConfig
@@ -69,8 +69,10 @@ class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the component
     _paper = model_card_paper(["ral"], GRPOTrainer._paper)
 
     def __init__(self, *args, teacher_model=None, **kwargs):
+        check_local_path("model", kwargs.get("model", args[0] if args else None))  # named, not a repo-id error
+        check_local_path("teacher_model", teacher_model)
         super().__init__(*args, **kwargs)
-        check_reward_inputs(self)  # a reward's missing column: an error now, not a TypeError at step 1
+        self._init_reward_checks()  # a reward's missing column: an error now, not a TypeError at step 1
         self._init_video(self.train_dataset, self.eval_dataset)  # video rows: checked now, not at step 1
         if getattr(self.args, "freeze_vision_tower", False):  # the optimizer is built later, in train()
             freeze_vision_tower(self.model)
@@ -125,7 +127,9 @@ class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the component
     # -- p_theta: captured inside TRL's loss forward ------------------------------------------------------------
     def _compute_loss(self, model, inputs):
         distill = self.teacher_model is not None and self.attn_distill_coef != 0
-        layers = [*(self.attn_layers if self.attn_coef != 0 else []), *([self.attn_layer] if distill else [])]
+        # RAL's layers; attn_layer too for distillation and for the metrics (an `attn_layers` without it: one more row)
+        ral_layers = [*self.attn_layers, self.attn_layer] if self.attn_coef != 0 else []
+        layers = [*ral_layers, *([self.attn_layer] if distill else [])]
         if not layers and self.teacher_model is None:
             return super()._compute_loss(model, inputs)
         rows = inputs["completion_ids"].size(1)
@@ -157,7 +161,9 @@ class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the component
                 raise RuntimeError(
                     f"old_attention_probs holds {shape}, expected {len(probs)} x {tuple(probs[0].shape)}"
                 )
-        batch, head_mean = probs[0].shape[0], probs[0].detach().mean(1) if per_head else None
+        metrics = caps[self.attn_layer].probs.detach()  # the metrics read attn_layer (its help), head-averaged
+        metrics = metrics.mean(1) if heads[self.attn_layer] == "all" else metrics
+        batch = probs[0].shape[0]
         if per_head:  # (B, H, C, T) per layer: the policies and divergences of the B * H head rows
             probs = [p.flatten(0, 1) for p in probs]
             old = None if old is None else [p.flatten(0, 1) for p in old]
@@ -166,13 +172,12 @@ class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the component
         divergences = [attention_divergence(self.attn_divergence, pt, po) for pt, po in zip(p_theta, p_old)]
         if per_head:  # (B * H, C) -> (B, C): the mean over query heads of the per-head divergence
             divergences = [d.unflatten(0, (batch, -1)).mean(1) for d in divergences]
-            probs, p_theta = [head_mean], [attention_policy(head_mean)]  # metrics read the head average
         per_token = torch.stack(divergences).mean(0)  # (B, C): the divergence averaged over the RAL layers
         advantages = inputs["advantages"]
         advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
         mask = loss_mask(inputs).to(per_token.dtype)
         attn_loss = aggregate_like_trl(self, advantages * per_token, mask, inputs)
-        self._log_attention_metrics(inputs, probs[0].detach(), p_theta[0].detach(), per_token.detach(), mask)
+        self._log_attention_metrics(inputs, metrics, attention_policy(metrics), per_token.detach(), mask)
         return loss + self.attn_coef * attn_loss.to(loss.dtype)
 
     def _log_attention_metrics(self, inputs, probs, p_theta, per_token_jsd, mask):
