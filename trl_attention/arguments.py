@@ -69,3 +69,17 @@ class AttentionModelArguments:
             "help": "Freeze the vision encoder and projector before the optimizer is built (train the LM only)."
         },
     )
+    validation_rows: int | None = field(
+        default=256,
+        metadata={
+            "help": "Rows of each dataset whose images are checked when the trainer is built: present, readable, "
+            "within the image processor's limits, one per image part of the prompt (None: every row of a "
+            "map-style dataset). Every sampled row is checked again before it reaches the processor."
+        },
+    )
+
+    def __post_init__(self):
+        rows = self.validation_rows
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 0):
+            raise ValueError(f"validation_rows must be an int >= 0 or None, got {self.validation_rows!r}")
+        chain_post_init(self, AttentionModelArguments)

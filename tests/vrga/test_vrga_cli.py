@@ -70,6 +70,9 @@ def test_cli_prints_both_answers_and_writes_the_focus_heatmaps(tiny_dir, data, t
     sample = [(images, "What colour is the circle?")]
     (plain,), _ = answer_questions(model, processor, sample, None, 4)
     (steered,), (diag,) = answer_questions(model, processor, sample, VRGAConfig(gamma=2.0, min_focus_tokens=3), 4)
+    wide = [([images[0], Image.new("RGB", (1000, 4))], "q")]  # VRGA's helper checks its images as the trainers do
+    with pytest.raises(ValueError, match=r"sample 0, image 1: the image is 1000x4 .*image processor rejects"):
+        answer_questions(model, processor, wide, None, 4)
     assert f"plain:    {plain}\n" in out and f"vrga:     {steered}\n" in out
     assert f"visual heads (layer, head): {diag.visual_heads}" in out
     for i in (1, 2):

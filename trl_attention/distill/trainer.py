@@ -142,7 +142,7 @@ class AttentionGKDTrainer(ResumeMixin, GKDTrainer):
                 *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]),
             ):
                 if dataset is not None:
-                    validate_distillation_dataset(dataset, processing_class)
+                    validate_distillation_dataset(dataset, processing_class, getattr(args, "validation_rows", 256))
             if data_collator is None:
                 data_collator = VisionDistillationCollator(
                     processing_class, max_length=args.max_length, video_args=video_arguments(args)

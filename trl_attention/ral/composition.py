@@ -19,6 +19,7 @@ from ..checkpointing import ResumeMixin, RolloutBufferMixin
 from ..distill.grpo_term import GRPOTeacherMixin
 from ..sayo.attention import RewardAttentionMixin
 from ..video.grpo import VideoGRPOMixin
+from .data_checks import DataChecksMixin
 from .reward_checks import RewardChecksMixin
 from .scoring import ScoringCaptureMixin
 
@@ -76,6 +77,13 @@ COMPONENTS = (
         doc="reward inputs checked at construction (a missing column named); an infinite reward an error",
     ),
     Component(
+        "data-checks",
+        DataChecksMixin,
+        ("_generate_and_score_completions",),
+        setup="_init_data_checks",
+        doc="every image row checked at construction (first validation_rows) and when sampled, whatever the rewards",
+    ),
+    Component(
         "reward-attention",
         RewardAttentionMixin,
         (
@@ -126,12 +134,13 @@ RAL_TERM = Component(
 )
 SETUP_ORDER = (
     "_init_reward_checks",
+    "_init_data_checks",
     "_init_video",
     "_init_teacher",
     "_init_reward_attention",
     "_init_scoring_capture",
 )
-"""The reward inputs first (a missing column is the cheapest error); video next (its dataset checks say which rows
+"""The reward inputs first (a missing column is the cheapest error), then the image rows; video next (its dataset checks say which rows
 have video, which the attention rewards read); the reward mixin before the scoring capture, which needs to know
 whether rewards read attention."""
 

@@ -73,6 +73,7 @@ class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the component
         check_local_path("teacher_model", teacher_model)
         super().__init__(*args, **kwargs)
         self._init_reward_checks()  # a reward's missing column: an error now, not a TypeError at step 1
+        self._init_data_checks()  # every image row the processor would refuse: named now, not at its sampling
         self._init_video(self.train_dataset, self.eval_dataset)  # video rows: checked now, not at step 1
         if getattr(self.args, "freeze_vision_tower", False):  # the optimizer is built later, in train()
             freeze_vision_tower(self.model)

@@ -19,6 +19,7 @@ _EXPORTS = {
     "VisualLayout": ".layouts",
     "box_lists": ".checks",
     "check_aspect_ratio": ".checks",
+    "check_row_images": ".checks",
     "clip_box": ".regions",
     "count_parts": ".rows",
     "first_rows": ".rows",

@@ -19,6 +19,7 @@ __all__ = [
     "FALLBACK_MAX_ASPECT_RATIO",
     "box_lists",
     "check_aspect_ratio",
+    "check_row_images",
     "image_processor_of",
     "open_image",
 ]
@@ -140,3 +141,30 @@ def box_lists(value, where: str) -> list:
             checked.append(list(box))
         per_image.append(checked)
     return per_image
+
+
+def check_row_images(row: dict, where: str, image_processor=None, decode: bool = True) -> list:
+    """Check one row's images before the processor sees them, raising a ValueError that names `where`, the column
+    and the image: each image present and readable (decoded with `decode`, where a truncated file fails), within the
+    image processor's limits (`check_aspect_ratio`), and as many as the prompt's `{"type": "image"}` parts when it
+    has any (a prompt with an image part and `image: None` fails inside TRL's processor otherwise). Returns the
+    opened images (objects with `.size`)."""
+    from .rows import count_parts, row_visuals
+
+    images = row_visuals(row)[0]
+    column = "images" if row.get("images") is not None else "image"
+    parts = count_parts(row.get("prompt"), "image")
+    if parts and parts != len(images):
+        raise ValueError(
+            f"{where}: the prompt has {parts} image part(s) but the row has {len(images)} image(s) in `{column}`; "
+            "give one image per {'type': 'image'} part (or drop the parts of a text-only row)"
+        )
+    opened = []
+    for i, image in enumerate(images):
+        name = f"{where}, column `{column}`, image {i}"
+        if image is None:
+            raise ValueError(f"{name}: the image is None (a text-only row has `image: None` or `images: []`)")
+        image = open_image(image, name, decode=decode)
+        check_aspect_ratio(image.size, name, image_processor)
+        opened.append(image)
+    return opened

@@ -6,6 +6,7 @@ import re
 
 import torch
 
+from ..visual.checks import check_aspect_ratio, image_processor_of, open_image
 from .config import VRGAConfig
 from .runtime import enable_vrga
 
@@ -43,7 +44,13 @@ def answer_questions(
                 processor.apply_chat_template(_prompt(q, len(im)), add_generation_prompt=True, tokenize=False)
                 for im, q in chunk
             ]
-            images = [image.convert("RGB") for im, _ in chunk for image in im]
+            images = []  # each opened, and checked against the processor's limits, named by sample and image
+            for s, (sample_images, _) in enumerate(chunk):
+                for i, image in enumerate(sample_images):
+                    where = f"sample {start + s}, image {i}"
+                    image = open_image(image, where, decode=True)
+                    check_aspect_ratio(image.size, where, image_processor_of(processor))
+                    images.append(image.convert("RGB"))
             inputs = processor(text=texts, images=images, return_tensors="pt", padding=True).to(device)
             kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False}
             if config is None:
