@@ -73,3 +73,23 @@ def test_prepare_dataset_gives_video_rows_video_parts():
     assert kinds == [["video", "text"], ["image", "text"]] and out["solution"] == ["left", "red"]
     with pytest.raises(ValueError, match="no image or video column"):
         prepare_dataset(Dataset.from_list([{"question": "q", "answer": "a"}]))
+
+
+def test_battery_cases_are_errors_or_correct():
+    """Float clips are scaled once per clip; a row's video_fps of 0 and a config's NaN are errors naming them."""
+    from trl_attention.video.frames import load_video, row_fps
+
+    args = VideoArguments(video_nframes=2, video_min_frames=2)
+    dark, bright = np.full((28, 28, 3), 0.5), np.full((28, 28, 3), 200.0)  # a 0..255 float clip, one frame near black
+    frames, _ = load_video([dark, bright], args)
+    assert frames[0].max() == 0 or frames[0].max() == 1  # 0.5 of 255, not 0.5 * 255 (it came out white)
+    assert frames[1].max() == 200
+    unit, _ = load_video([np.full((28, 28, 3), 0.5), np.full((28, 28, 3), 1.0)], args)  # a 0..1 clip
+    assert unit[0].max() == 128 and unit[1].max() == 255
+    with pytest.raises(ValueError, match=r"frame values must lie in \[0, 1\] or \[0, 255\], got \[0, 300\]"):
+        load_video([np.zeros((28, 28, 3)), np.full((28, 28, 3), 300.0)], args)
+    with pytest.raises(ValueError, match="the row's video_fps must be a finite number > 0, got 0"):
+        row_fps(0, 2.0)  # was: silently the default
+    assert row_fps(None, 2.0) == 2.0 and row_fps(4, 2.0) == 4.0
+    with pytest.raises(ValueError, match="video_fps must be > 0 and finite, got nan"):
+        VideoArguments(video_fps=float("nan"))  # was accepted, then reported as a row error

@@ -243,6 +243,16 @@ def test_bad_videos_fail_at_construction(tmp_path):
     other, _ = build_tiny_qwen_vl("qwen3_vl")
     with pytest.raises(VideoError, match="model_type='qwen3_vl'.*the video path feeds Qwen2.5-VL"):
         build(good, model=other)
+    # the battery: each failed mid-run (or silently) before; now named at construction
+    sizes = [dict(good[0]), {**good[1], "video": [np.zeros((32, 32, 3), np.uint8)] * 5 + [np.zeros((28, 28, 3), np.uint8)]}]
+    with pytest.raises(VideoError, match=r"train_dataset row 1: the frames of a video must share one size"):
+        build(sizes)
+    thin = [dict(good[0]), {**good[1], "video": [np.zeros((14, 3000, 3), np.uint8)] * 6}]
+    with pytest.raises(VideoError, match=r"train_dataset row 1: a video frame: the image is 3000x14 \(aspect ratio"):
+        build(thin)
+    zero_fps = [dict(good[0]), {**good[1], "video_fps": 0}]
+    with pytest.raises(VideoError, match="train_dataset row 1: the row's video_fps must be a finite number > 0, got 0"):
+        build(zero_fps)
 
 
 def test_video_token_is_suppressed_in_generation_only_for_video_data(tmp_path):

@@ -6,6 +6,7 @@ rounded to the temporal patch (2 frames)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..arguments import chain_post_init
@@ -56,8 +57,8 @@ class VideoArguments:
 
 def check_video_arguments(args) -> None:
     """Reject video options that would sample no frame or an empty frame, naming the field."""
-    if args.video_fps <= 0:
-        raise ValueError(f"video_fps must be > 0, got {args.video_fps}")
+    if not (isinstance(args.video_fps, (int, float)) and math.isfinite(args.video_fps) and args.video_fps > 0):
+        raise ValueError(f"video_fps must be > 0 and finite, got {args.video_fps!r}")
     if args.video_nframes is not None and args.video_nframes < 1:
         raise ValueError(f"video_nframes must be >= 1 or None, got {args.video_nframes}")
     if not 1 <= args.video_min_frames <= args.video_max_frames:

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FRAME_FACTOR", "frame_count", "load_video", "probe", "sample_frame_indices", "write_video"]
+__all__ = [
+    "FRAME_FACTOR",
+    "frame_count",
+    "load_video",
+    "probe",
+    "probe_size",
+    "row_fps",
+    "sample_frame_indices",
+    "write_video",
+]
 
 FRAME_FACTOR = 2  # Qwen2-VL / Qwen2.5-VL's temporal patch: frames are consumed in pairs
 
@@ -60,10 +69,38 @@ def _as_frame(frame) -> np.ndarray:
         array = np.repeat(array[..., None], 3, axis=-1)
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
         raise ValueError(f"a frame must be a PIL image or an HxWx3 array, got shape {array.shape}")
-    array = array[..., :3] if array.shape[-1] != 1 else np.repeat(array, 3, axis=-1)
-    if array.dtype != np.uint8:
-        array = np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    return array
+    return array[..., :3] if array.shape[-1] != 1 else np.repeat(array, 3, axis=-1)
+
+
+def _to_uint8(frames: list) -> list:
+    """uint8 frames; float (or wider int) frames are scaled once per clip, not per frame: a clip whose values all
+    lie in [0, 1] is 0..1, any other in 0..255 (a per-frame rule read the near-black frames of a 0..255 clip as 0..1
+    and made them white). Values outside those ranges are an error, not clipped."""
+    if all(f.dtype == np.uint8 for f in frames):
+        return frames
+    low, high = min(float(f.min()) for f in frames), max(float(f.max()) for f in frames)
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 255:
+        raise ValueError(f"frame values must lie in [0, 1] or [0, 255], got [{low:g}, {high:g}]")
+    scale = 255.0 if high <= 1.0 else 1.0
+    return [np.clip(np.rint(f * scale), 0, 255).astype(np.uint8) for f in frames]
+
+
+def row_fps(fps, default: float) -> float:
+    """The rate of a row's frames: its `video_fps` when given (a finite number > 0, else a ValueError: 0 silently
+    became the default), else `default`."""
+    if fps is None:
+        return float(default)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"the row's video_fps must be a finite number > 0, got {fps!r}")
+    return float(fps)
+
+
+def probe_size(path) -> tuple[int, int]:
+    """(width, height) of a video file's frames, from its header."""
+    av = _av()
+    with av.open(os.fspath(path)) as container:
+        context = container.streams.video[0].codec_context
+        return int(context.width), int(context.height)
 
 
 def probe(path) -> tuple[int, float]:
@@ -112,7 +149,8 @@ def load_video(video, args, fps: float | None = None) -> tuple[np.ndarray, float
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise ValueError(f"the frames of a video must share one size, got {sorted(shapes)}")
-    native_fps = float(fps or args.video_fps)
+    frames = _to_uint8(frames)
+    native_fps = row_fps(fps, args.video_fps)
     keep = sample_frame_indices(len(frames), native_fps, args)
     return np.stack([frames[i] for i in keep]), len(keep) / len(frames) * native_fps
 
@@ -120,7 +158,7 @@ def load_video(video, args, fps: float | None = None) -> tuple[np.ndarray, float
 def write_video(path, frames, fps: float = 2.0) -> str:
     """Write frames (T, H, W, 3 uint8; even sides) to an MPEG-4 file with PyAV (tests, synthetic data)."""
     av = _av()
-    frames = [_as_frame(f) for f in frames]
+    frames = _to_uint8([_as_frame(f) for f in frames])
     height, width = frames[0].shape[:2]
     with av.open(os.fspath(path), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=int(round(fps)))

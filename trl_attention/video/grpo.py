@@ -22,7 +22,7 @@ from accelerate.utils import gather_object
 from ..capture.models import unwrap_model
 from .arguments import video_arguments
 from .encode import merge_visuals, tokenize_visual_prompts
-from ..visual.rows import VIDEO_COLUMNS, VISUAL_COLUMNS, row_visuals
+from ..visual.rows import VIDEO_COLUMNS, VISUAL_COLUMNS, row_name, row_visuals
 from .rows import VideoError, check_trainer_videos, encode_row
 
 __all__ = ["LOGGED_COLUMNS", "VideoGRPOMixin", "mm_token_type_ids", "visual_forward_kwargs"]
@@ -96,7 +96,10 @@ class VideoGRPOMixin:
                 self._log_visual_rows(inputs, video_batch=False)
             return output
         cache: dict = {}
-        visuals = [encode_row(i, row, self.processing_class, self.video_args, cache) for i, row in enumerate(inputs)]
+        visuals = [
+            encode_row(i, row, self.processing_class, self.video_args, cache, f"sampled {row_name(row)}")
+            for i, row in enumerate(inputs)
+        ]
         stripped = [{k: v for k, v in row.items() if k not in VISUAL_COLUMNS} for row in inputs]
         self._batch_visuals = self._forward_visuals = visuals
         try:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..visual.rows import VIDEO_COLUMNS, VISUAL_COLUMNS, VideoError, count_parts, named_datasets, row_visuals
 from .encode import encode_video, vision_geometry
-from .frames import load_video, probe, sample_frame_indices
+from ..visual.checks import check_aspect_ratio, open_image
+from .frames import load_video, probe, probe_size, row_fps, sample_frame_indices
 
 __all__ = ["VideoError", "check_trainer_videos", "check_video_dataset", "encode_row"]
 
@@ -61,12 +63,28 @@ def _undecoded(dataset):
     return dataset
 
 
+def _frame_size(frame) -> tuple[int, int] | None:
+    """(width, height) of a frame without decoding its pixels: PIL images, arrays, nested lists (how `datasets`
+    stores arrays), {"bytes", "path"} dicts (the file's header). None when it is none of these."""
+    if isinstance(frame, dict):
+        frame = open_image(frame, "a video frame")  # PIL reads the header only
+    if hasattr(frame, "size") and not hasattr(frame, "shape"):
+        return tuple(frame.size)
+    shape = getattr(frame, "shape", None) or (np.shape(frame) if isinstance(frame, (list, tuple)) else None)
+    return (int(shape[1]), int(shape[0])) if shape is not None and len(shape) >= 2 else None
+
+
 def _check_video(i: int, video, args, fps) -> None:
+    try:
+        row_fps(fps, args.video_fps)
+    except ValueError as err:
+        raise VideoError(f"row {i}: {err}") from None
     if isinstance(video, (str, os.PathLike)):
         if not Path(video).is_file():
             raise VideoError(f"row {i}: video file {os.fspath(video)!r} does not exist")
         try:
             total, native_fps = probe(video)
+            sizes = {probe_size(video)}
         except ImportError:  # PyAV missing: its own message says which extra to install
             raise
         except Exception as err:  # noqa: BLE001 - any decoder failure is reported with the row
@@ -74,12 +92,22 @@ def _check_video(i: int, video, args, fps) -> None:
     elif isinstance(video, (list, tuple)):
         if not video:
             raise VideoError(f"row {i}: its video has no frames")
-        total, native_fps = len(video), float(fps or args.video_fps)
+        total, native_fps = len(video), row_fps(fps, args.video_fps)
+        cheap = all(hasattr(f, "size") or hasattr(f, "shape") for f in video)  # PIL images, arrays: every frame
+        sample = video if cheap else [video[0], video[-1]]  # lists / file dicts: the ends (the encoder checks all)
+        sizes = {size for size in map(_frame_size, sample) if size is not None}
+        if len(sizes) > 1:
+            raise VideoError(f"row {i}: the frames of a video must share one size, got {sorted(sizes)}")
     else:
         raise VideoError(
             f"row {i}: a video must be a list of frames (PIL images or HxWx3 arrays) or a file path, "
             f"got {type(video).__name__}"
         )
+    for size in sizes:  # the video path is Qwen-VL's, whose resize refuses a frame over 200:1
+        try:
+            check_aspect_ratio(size, f"row {i}: a video frame")
+        except ValueError as err:
+            raise VideoError(str(err)) from None
     try:
         sample_frame_indices(total, native_fps, args)
     except ValueError as err:
@@ -134,9 +162,11 @@ def check_video_dataset(dataset, model, processing_class, args, name: str = "tra
     return found
 
 
-def encode_row(i: int, row, processing_class, args, cache: dict | None = None) -> dict:
+def encode_row(i: int, row, processing_class, args, cache: dict | None = None, where: str | None = None) -> dict:
     """Row i's visual tensors: images through the processor's image processor, videos through `encode_video`.
-    `cache` (per batch) shares the decoding of a file that several rows (a prompt's generations) use."""
+    `cache` (per batch) shares the decoding of a file that several rows (a prompt's generations) use; errors name
+    `where` (default "row i"; the trainers pass the sampled row's id or prompt, not its place in the batch)."""
+    where = f"row {i}" if where is None else where
     images, videos = row_visuals(row)
     out = {"row": i}
     if images:
@@ -151,7 +181,7 @@ def encode_row(i: int, row, processing_class, args, cache: dict | None = None) -
         try:
             frames, fps = load_video(video, args, row.get("video_fps"))
         except (ValueError, FileNotFoundError) as err:
-            raise VideoError(f"row {i}: {err}") from err
+            raise VideoError(f"{where}: {err}") from err
         encoded.append(encode_video(frames, fps, processing_class, args))
         if cache is not None and key is not None:
             cache[key] = encoded[-1]
