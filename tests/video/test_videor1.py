@@ -251,3 +251,15 @@ def test_reward_formats_and_errors():
     assert video_r1_accuracy_reward(["<answer>A</answer>"], ["A"], ["Multiple_Choice"]) == [1.0]
     with pytest.raises(ValueError, match="unknown problem_type 'essay'"):
         video_r1_accuracy_reward(["<answer>A</answer>"], ["A"], ["essay"])
+
+
+def test_a_record_file_checks_its_media_by_default(synthetic, tmp_path):
+    """Was `check_files=False`: a missing image trained until its row was sampled, then FileNotFoundError."""
+    path, records = synthetic
+    gone = [dict(r) for r in records]
+    gone[2]["path"] = "no/such/file.png"
+    bad = tmp_path / "gone.json"
+    bad.write_text(json.dumps(gone))
+    with pytest.raises(VideoR1Error, match=r"record 2 .*no/such/file.png"):
+        load_video_r1(bad, path.parent)
+    assert len(load_video_r1(bad, path.parent, check_files=False, as_dataset=False)) == len(records)

@@ -53,3 +53,15 @@ def test_reference_query_without_a_question_end_is_an_error_not_a_guess(vlm_inpu
             model.generate(**raw, max_new_tokens=2, do_sample=False)
     with enable_vrga(model, VRGAConfig(preset="reference", query="last")):  # the explicit alternative runs
         assert model.generate(**raw, max_new_tokens=2, do_sample=False).shape[0] == 1
+
+
+@pytest.mark.parametrize("entries", [1, 3])
+def test_q_end_pos_needs_one_entry_per_prompt(vlm_inputs, entries):
+    """Was: extra entries silently ignored, too few a bare IndexError."""
+    model, inputs = vlm_inputs
+    batch = inputs["input_ids"].shape[0]
+    with enable_vrga(model, VRGAConfig(), q_end_pos=[3] * (batch + entries - 2)):
+        with pytest.raises(ValueError, match=rf"q_end_pos has {batch + entries - 2} entries for a batch of {batch}"):
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    with enable_vrga(model, VRGAConfig(), q_end_pos=[3] * batch):
+        assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[0] == batch

@@ -202,12 +202,13 @@ def load_video_r1(
     seed: int = 0,
     prompt_template: str = DEFAULT_TEMPLATE,
     ral_zero: bool = False,
-    check_files: bool = False,
+    check_files: bool = True,
     as_dataset: bool = True,
 ):
     """`convert_video_r1` of a record file; `root` defaults to the file's directory. `num_samples`: a seeded
     random subset of that many records, in file order (the RAL paper trains on 51.2k of the 260k); errors still
-    name the records' indices in the file."""
+    name the records' indices in the file. `check_files` is on by default here (a real record file: a missing image
+    would otherwise train until its row is sampled); `check_files=False` for records whose media come later."""
     records = read_video_r1_records(path)
     if not isinstance(records, list):
         raise VideoR1Error(f"{path}: expected a JSON list of records, got {type(records).__name__}")

@@ -191,6 +191,11 @@ class VRGA:
         index, valid = _pad(spans if slot else flat, device)
         state.update(samples=samples, flat=flat, img_index=index, img_valid=valid, has_image=valid.any(-1))
         keys = state["key_mask"] = state.pop("keys").to(device)
+        if isinstance(self.q_end_pos, (list, tuple)) and len(self.q_end_pos) != input_ids.shape[0]:
+            raise ValueError(  # was: extra entries ignored, too few a bare IndexError
+                f"VRGA: q_end_pos has {len(self.q_end_pos)} entries for a batch of {input_ids.shape[0]} prompts; "
+                "give one per prompt (or one int for all)"
+            )
         rows = [self._query_row(b, ids, k, pos) for b, (ids, k, (pos, _)) in enumerate(zip(input_ids, keys, samples))]
         query = torch.tensor(rows)
         state["query"] = query.to(device)
