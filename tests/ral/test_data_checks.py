@@ -70,3 +70,27 @@ def test_rows_past_validation_rows_are_checked_when_sampled(tmp_path):
 def test_validation_rows_must_be_a_count(tmp_path):
     with pytest.raises(ValueError, match=r"validation_rows must be an int >= 0 or None, got -1"):
         trainer_args(AttentionGRPOConfig, tmp_path, validation_rows=-1)
+
+
+def test_a_truncated_png_in_a_datasets_image_column_is_named_with_its_row(tmp_path):
+    """An `Image()` column decodes inside `datasets`, whose error names no row or file: the checks read it undecoded."""
+    from datasets import Image as ImageFeature
+
+    rows = _rows()
+    buffer = io.BytesIO()
+    rows[1]["image"].save(buffer, format="PNG")
+    rows[1]["image"] = {"bytes": buffer.getvalue()[:60], "path": "cut.png"}
+    rows = [{**row, "image": row["image"] if i == 1 else _png(row["image"])} for i, row in enumerate(rows)]
+    dataset = Dataset.from_list(rows).cast_column("image", ImageFeature())
+    model, processor = build_tiny_vlm()
+    args = trainer_args(AttentionGRPOConfig, tmp_path, attn_coef=0.0, max_steps=1)
+    with pytest.raises(ValueError, match=r"train_dataset: row 1, column `image`, image 0: cannot read the image cut.png"):
+        AttentionGRPOTrainer(
+            model=model, reward_funcs=length_reward, args=args, train_dataset=dataset, processing_class=processor
+        )
+
+
+def _png(image) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}

@@ -218,3 +218,20 @@ def test_region_reward_on_a_model_without_qwen_grids_fails_at_construction(tmp_p
             train_dataset=make_grounding_dataset(2),
             processing_class=build_tokenizer(),
         )
+
+
+def test_a_truncated_png_in_an_image_feature_column_is_named(tmp_path):
+    """A `datasets.Image()` column decodes inside datasets (an error naming no row or file); validation reads it
+    undecoded and names both."""
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+
+    rows = _rows(3)
+    for i, row in enumerate(rows):
+        buffer = io.BytesIO()
+        row["image"].save(buffer, format="PNG")
+        whole = {"bytes": buffer.getvalue(), "path": None}
+        row["image"] = whole if i != 2 else {"bytes": _truncated_png(), "path": "half.png"}
+    dataset = Dataset.from_list(rows).cast_column("image", ImageFeature())
+    with pytest.raises(ValueError, match=r"row 2.*image.*cannot read the image half.png"):
+        RegionAttentionReward().validate(dataset)

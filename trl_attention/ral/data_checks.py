@@ -7,7 +7,7 @@ sampling with the processor's error, naming no row. Video rows are the video com
 from __future__ import annotations
 
 from ..visual.checks import check_row_images, image_processor_of
-from ..visual.rows import first_rows, named_datasets, row_name
+from ..visual.rows import first_rows, named_datasets, row_name, undecoded
 
 __all__ = ["DataChecksMixin"]
 
@@ -26,7 +26,7 @@ class DataChecksMixin:
             if dataset is None or (columns is not None and not {"image", "images"} & set(columns)):
                 continue
             limit = rows if rows is not None or hasattr(dataset, "__len__") else 256  # streamed: a bounded read
-            for index, row in first_rows(dataset, limit):
+            for index, row in first_rows(undecoded(dataset), limit):  # files named when they fail to decode
                 check_row_images(row, f"{name}: {row_name(row, index)}", self._image_processor)
 
     def _generate_and_score_completions(self, inputs):

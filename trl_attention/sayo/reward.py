@@ -16,7 +16,7 @@ from PIL import Image
 from ..rewards import ANSWER_TAG, completion_text
 from ..visual.checks import box_lists, check_aspect_ratio, image_processor_of, open_image
 from ..visual.regions import clip_box, region_token_indices
-from ..visual.rows import VIDEO_COLUMNS, first_rows, has_video, row_images, row_name
+from ..visual.rows import VIDEO_COLUMNS, first_rows, has_video, row_images, row_name, undecoded
 
 __all__ = [
     "AttentionReward",
@@ -154,7 +154,7 @@ class RegionAttentionReward(AttentionReward):
             raise ValueError(f"RegionAttentionReward: the training dataset has no `{self.boxes_column}` column")
         image_processor = image_processor_of(processing_class)
         pixel_box, small, first_small = False, 0, None  # over boxes on images larger than 4 px
-        for index, row in first_rows(dataset, self.validation_rows):
+        for index, row in first_rows(undecoded(dataset), self.validation_rows):  # a bad file named, by row
             where = row_name(row, index)
             for size, boxes in self._check_row(row, where, image_processor, decode=True):
                 if min(size) <= 4:

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..visual.rows import VIDEO_COLUMNS, VISUAL_COLUMNS, VideoError, count_parts, named_datasets, row_visuals
+from ..visual.rows import (
+    VIDEO_COLUMNS,
+    VISUAL_COLUMNS,
+    VideoError,
+    count_parts,
+    named_datasets,
+    row_visuals,
+    undecoded,
+)
 from .encode import encode_video, vision_geometry
 from ..visual.checks import check_aspect_ratio, open_image
 from .frames import load_video, probe, probe_size, row_fps, sample_frame_indices
@@ -43,24 +51,6 @@ def check_video_model(model, processing_class) -> None:
         vision_geometry(processing_class)
     except ValueError as err:
         raise VideoError(str(err)) from err
-
-
-def _undecoded(dataset):
-    """The dataset with image features left as bytes/paths: the checks read counts and paths, not pixels."""
-    from datasets import Image, List, Sequence
-
-    features = getattr(dataset, "features", None) or {}
-    for name in VISUAL_COLUMNS:
-        feature = features.get(name)
-        if isinstance(feature, Image):
-            dataset = dataset.cast_column(name, Image(decode=False))
-        elif isinstance(feature, (List, Sequence)) and isinstance(getattr(feature, "feature", None), Image):
-            dataset = dataset.cast_column(name, type(feature)(Image(decode=False)))
-        elif isinstance(feature, (List, Sequence)) and isinstance(getattr(feature, "feature", None), (List, Sequence)):
-            inner = feature.feature
-            if isinstance(getattr(inner, "feature", None), Image):
-                dataset = dataset.cast_column(name, type(feature)(type(inner)(Image(decode=False))))
-    return dataset
 
 
 def _frame_size(frame) -> tuple[int, int] | None:
@@ -134,7 +124,7 @@ def check_video_dataset(dataset, model, processing_class, args, name: str = "tra
     if not hasattr(dataset, "__len__"):  # streamed: the model now, each row when its batch is encoded
         check_video_model(model, processing_class)
         return True
-    rows = _undecoded(dataset)
+    rows = undecoded(dataset)
     found = False
     for i in range(len(rows)):
         row = rows[i]

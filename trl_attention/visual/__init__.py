@@ -34,6 +34,7 @@ _EXPORTS = {
     "row_images": ".rows",
     "row_name": ".rows",
     "row_visuals": ".rows",
+    "undecoded": ".rows",
     "visual_layout": ".layouts",
     "visual_token_positions": ".regions",
 }

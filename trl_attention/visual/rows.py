@@ -23,6 +23,7 @@ __all__ = [
     "row_images",
     "row_name",
     "row_visuals",
+    "undecoded",
 ]
 
 VIDEO_COLUMNS = ("video", "videos")
@@ -138,3 +139,22 @@ def first_video_row(dataset, limit: int | None = None):
             if has_video(row.get(column)):
                 return index, column
     return None
+
+
+def undecoded(dataset):
+    """The dataset with its image features left as {"bytes", "path"} (`datasets.Image(decode=False)`): checks read
+    them with `open_image`, which names the file a truncated image fails in (datasets' own decoding names no row)."""
+    from datasets import Image, List, Sequence
+
+    features = getattr(dataset, "features", None) or {}
+    for name in VISUAL_COLUMNS:
+        feature = features.get(name)
+        if isinstance(feature, Image):
+            dataset = dataset.cast_column(name, Image(decode=False))
+        elif isinstance(feature, (List, Sequence)) and isinstance(getattr(feature, "feature", None), Image):
+            dataset = dataset.cast_column(name, type(feature)(Image(decode=False)))
+        elif isinstance(feature, (List, Sequence)) and isinstance(getattr(feature, "feature", None), (List, Sequence)):
+            inner = feature.feature
+            if isinstance(getattr(inner, "feature", None), Image):
+                dataset = dataset.cast_column(name, type(feature)(type(inner)(Image(decode=False))))
+    return dataset
