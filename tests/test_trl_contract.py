@@ -409,3 +409,31 @@ def test_attributes_training_loop_and_model_card(tmp_path, vlm):
     card = open(f"{trainer.args.output_dir}/README.md").read()
     absent = [v for v in ("contract-tag", "ContractTrainer", *paper.values()) if v not in card]
     assert not absent, f"TRL's create_model_card no longer writes {absent} from _tag_names/_name/_paper; {SEE}"
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_importance_weighting_is_trls(lm_trainer, monkeypatch, loss_type, level):
+    """On a simulated vLLM batch, TRL weights its per-token policy loss by `importance_sampling_ratio` (0 where its
+    mask modes drop a token or sequence): `importance_weighted` must reproduce those weights exactly, for the RAL
+    and teacher terms to follow TRL's correction (docs/trl-internals.md)."""
+    trainer = lm_trainer
+    for name, value in (("loss_type", loss_type), ("use_vllm", True), ("vllm_importance_sampling_correction", True)):
+        monkeypatch.setattr(trainer, name, value)
+    monkeypatch.setattr(trainer, "current_gradient_accumulation_steps", 3)
+    trainer.model.train()
+    ratio = 2 * torch.rand(5, 6 if level == "token" else 1, generator=torch.Generator().manual_seed(1))
+    ratio[0, -1 if level == "token" else 0] = 0.0  # a masked token (token_mask) / sequence (sequence_mask)
+    inputs, x = _batch(importance_sampling_ratio=ratio)
+    x.requires_grad_(True)
+    mask = inputs["completion_mask"].float()
+    _fake_logps(trainer, monkeypatch, x)
+    (grad_trl,) = torch.autograd.grad(GRPOTrainer._compute_loss(trainer, trainer.model, inputs), x)
+    weighted = ti.importance_weighted(trainer, x, inputs)
+    (weights,) = torch.autograd.grad(ti.aggregate_like_trl(trainer, weighted, mask, inputs), x)
+    _, derivative = _per_token_at_ratio_one(trainer, x.detach(), mask, inputs["advantages"])
+    message = "importance_weighted no longer weights like TRL's vLLM importance-sampling correction"
+    torch.testing.assert_close(grad_trl, derivative * weights, msg=lambda m: f"{message}: {m}; {SEE}")
+    assert weights[0, -1] == 0 and weights[1, 0] != 0
+    monkeypatch.setattr(trainer, "vllm_importance_sampling_correction", False)  # TRL's switch is ours
+    assert ti.importance_weighted(trainer, x, inputs) is x

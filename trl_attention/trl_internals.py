@@ -75,6 +75,7 @@ __all__ = [
     "aggregate_like_trl",
     "disable_dropout_in_model",
     "generalized_jsd",
+    "importance_weighted",
     "log_global_masked_mean",
     "loss_mask",
     "metrics_mode",
@@ -182,14 +183,14 @@ TEACHER_FORWARD_KEYS = (
 )
 # Keys of TRL's training batch read by the loss terms: always there, and there when TRL puts them.
 LOSS_BATCH_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages")
-OPTIONAL_LOSS_BATCH_KEYS = ("tool_mask", "num_items_in_batch", "old_per_token_logps")
+OPTIONAL_LOSS_BATCH_KEYS = ("tool_mask", "num_items_in_batch", "old_per_token_logps", "importance_sampling_ratio")
 # Keys this package adds to TRL's batch: TRL's buffering must shuffle and split them with their rows.
 PACKAGE_BATCH_KEYS = ("old_attention_probs",)
 # Keys this package adds as per-row Python lists (video batches' `visual_inputs`, one dict per row): TRL's shuffle
 # permutes lists and its split slices them, keeping each entry with its row.
 PACKAGE_LIST_BATCH_KEYS = ("visual_inputs",)
 # Keys TRL's `_compute_loss` reads that this package passes through untouched (reference, vLLM and IS terms).
-TRL_ONLY_LOSS_BATCH_KEYS = ("ref_per_token_logps", "sampling_per_token_logps", "importance_sampling_ratio")
+TRL_ONLY_LOSS_BATCH_KEYS = ("ref_per_token_logps", "sampling_per_token_logps")
 # Multimodal fields of `_tokenize_prompts`'s third result that the attention rewards read (when the processor
 # makes them).
 TOKENIZED_PROMPT_FIELDS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
@@ -228,6 +229,16 @@ def loss_mask(inputs) -> torch.Tensor:
 
 def metrics_mode(trainer) -> str:
     return "train" if trainer.model.training else "eval"
+
+
+def importance_weighted(trainer, per_token: torch.Tensor, inputs) -> torch.Tensor:
+    """`per_token` times TRL's vLLM importance-sampling ratio, exactly when TRL weights its policy loss by it
+    (`use_vllm`, `vllm_importance_sampling_correction`, `loss_type` other than "vespo"): (B, C) per token or (B, 1) per
+    sequence, truncated or 0 where TRL's mask modes drop a token / sequence. RAL's term and the teacher terms are
+    expectations over the same vLLM-sampled rollouts, so they take the same correction (docs/trl-internals.md)."""
+    correct = getattr(trainer, "use_vllm", False) and getattr(trainer, "vllm_importance_sampling_correction", False)
+    ratio = inputs.get("importance_sampling_ratio") if correct and trainer.loss_type != "vespo" else None
+    return per_token if ratio is None else per_token * ratio.to(per_token.dtype)
 
 
 def aggregate_like_trl(trainer, per_token: torch.Tensor, mask: torch.Tensor, inputs) -> torch.Tensor:

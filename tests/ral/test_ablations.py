@@ -128,3 +128,24 @@ def test_metrics_read_attn_layer_whatever_attn_layers_lists(tmp_path, text_datas
     layer_0 = _trainer(tmp_path / "c", text_dataset, attn_layers=[0], attn_layer=0)
     assert first(other_layers) == first(default)
     assert first(layer_0) != first(default)
+
+
+def test_rals_term_takes_trls_importance_sampling_correction(tmp_path, text_dataset):
+    """With vLLM's IS correction on, the term is weighted per token by TRL's ratio (0 where TRL masks): equal to the
+    hand computation with the ratio, and independent of the tokens a mask drops."""
+    trainer = _trainer(tmp_path, text_dataset)
+    batch = dict(trainer._buffered_inputs[0])
+    shape = batch["old_attention_probs"].shape
+    batch["old_attention_probs"] = torch.softmax(torch.randn(shape, generator=torch.Generator().manual_seed(2)), -1)
+    ratio = 2 * torch.rand(batch["completion_mask"].shape, generator=torch.Generator().manual_seed(3))
+    ratio[:, 0] = 0.0  # every sequence's first token masked (token_mask mode)
+    batch["importance_sampling_ratio"] = ratio
+    trainer.use_vllm, trainer.vllm_importance_sampling_correction = True, True
+    with torch.no_grad():
+        from trl_attention.losses import jsd
+
+        p_theta = attention_policy(_eager_rows(trainer, batch, -1))
+        per_token = jsd(p_theta, attention_policy(batch["old_attention_probs"]))
+    torch.testing.assert_close(_term(trainer, batch), _hand(batch, per_token * ratio), atol=1e-6, rtol=1e-4)
+    trainer.vllm_importance_sampling_correction = False
+    torch.testing.assert_close(_term(trainer, batch), _hand(batch, per_token), atol=1e-6, rtol=1e-4)

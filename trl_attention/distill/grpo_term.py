@@ -14,7 +14,13 @@ import warnings
 import torch
 
 from ..capture import capture_attention, unwrap_model
-from ..trl_internals import TEACHER_FORWARD_KEYS, aggregate_like_trl, log_global_masked_mean, loss_mask
+from ..trl_internals import (
+    TEACHER_FORWARD_KEYS,
+    aggregate_like_trl,
+    importance_weighted,
+    log_global_masked_mean,
+    loss_mask,
+)
 from ..video.grpo import visual_forward_kwargs
 from .losses import attention_distill_per_token, token_generalized_jsd
 from .teacher import check_teacher, load_teacher, prepare_teacher
@@ -81,10 +87,12 @@ class GRPOTeacherMixin:
             per_token = token_generalized_jsd(
                 student_logits.float(), outputs.logits[:, :-1].float(), self.gkd_beta, self.temperature
             )
-            total = total + self.gkd_coef * aggregate_like_trl(self, per_token, mask, inputs)
+            weighted = importance_weighted(self, per_token, inputs)  # vLLM rollouts: TRL's IS correction
+            total = total + self.gkd_coef * aggregate_like_trl(self, weighted, mask, inputs)
             log_global_masked_mean(self, "distill/gkd_jsd", per_token.detach(), mask)
         if self.attn_distill_coef:
             per_token = attention_distill_per_token(student_probs, teacher_cap.probs)
-            total = total + self.attn_distill_coef * aggregate_like_trl(self, per_token, mask, inputs)
+            weighted = importance_weighted(self, per_token, inputs)
+            total = total + self.attn_distill_coef * aggregate_like_trl(self, weighted, mask, inputs)
             log_global_masked_mean(self, "attention/distill_jsd", per_token.detach(), mask)
         return total

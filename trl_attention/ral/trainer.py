@@ -32,7 +32,13 @@ from ..distributed import DistributedChecksCallback, check_capture_supported, fr
 from ..loading import check_local_path
 from ..losses import attention_divergence, attention_entropy, attention_policy
 from ..papers import model_card_paper
-from ..trl_internals import aggregate_like_trl, log_global_masked_mean, loss_mask, reuses_rollouts
+from ..trl_internals import (
+    aggregate_like_trl,
+    importance_weighted,
+    log_global_masked_mean,
+    loss_mask,
+    reuses_rollouts,
+)
 from . import composition
 from .config import AttentionGRPOConfig
 
@@ -177,7 +183,7 @@ class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the component
         advantages = inputs["advantages"]
         advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
         mask = loss_mask(inputs).to(per_token.dtype)
-        attn_loss = aggregate_like_trl(self, advantages * per_token, mask, inputs)
+        attn_loss = aggregate_like_trl(self, importance_weighted(self, advantages * per_token, inputs), mask, inputs)
         self._log_attention_metrics(inputs, metrics, attention_policy(metrics), per_token.detach(), mask)
         return loss + self.attn_coef * attn_loss.to(loss.dtype)
 
