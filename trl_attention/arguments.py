@@ -58,9 +58,8 @@ class AttentionModelArguments:
     attn_layer: int = field(
         default=-1,
         metadata={
-            "help": "Attention layer whose head-averaged attention the attention terms read (RAL's policy, rewards, "
-            "metrics, the distilled student attention; -1 = the last). It indexes softmax-attention layers: hybrid "
-            "decoders' (Qwen3.5, Qwen3-Next, NemotronH) Mamba / linear-attention layers are skipped."
+            "help": "Attention layer the attention terms read (RAL's policy, rewards, metrics, distillation; -1 = "
+            "the last), among softmax-attention layers (hybrids' Mamba / linear layers skipped)."
         },
     )
     freeze_vision_tower: bool = field(
@@ -72,9 +71,7 @@ class AttentionModelArguments:
     validation_rows: int | None = field(
         default=256,
         metadata={
-            "help": "Rows of each dataset whose images are checked when the trainer is built: present, readable, "
-            "within the image processor's limits, one per image part of the prompt (None: every row of a "
-            "map-style dataset). Every sampled row is checked again before it reaches the processor."
+            "help": "Rows per dataset whose images are checked at construction (None: all); sampled rows always."
         },
     )
 
