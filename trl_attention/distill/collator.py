@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..visual.checks import check_aspect_ratio, image_processor_of, open_image
+from ..visual.checks import check_row_images, image_processor_of, open_image
 from ..visual.rows import count_parts, first_rows, row_visuals
 from ..trl_internals import pad
 from ..video.arguments import VideoArguments
@@ -46,21 +46,6 @@ def _split(example: dict, where: str) -> tuple[list, list]:
     if not isinstance(prompt, list) or not isinstance(completion, list):
         raise TypeError(f"{where}: `prompt` and `completion` must be conversational (lists of messages)")
     return prompt, completion
-
-
-def _check_images(example: dict, where: str, image_processor) -> list:
-    """The example's images, opened and decoded (path strings and {"bytes", "path"} dicts loaded), each checked
-    against the processor's aspect-ratio limit; a ValueError names `where` and the column."""
-    column = "images" if example.get("images") is not None else "image"
-    checked = []
-    for i, image in enumerate(row_visuals(example)[0]):
-        name = f"{where}, column `{column}`, image {i}"
-        if image is None:
-            raise ValueError(f"{name}: the image is None (a text-only row has `image: None` or `images: []`)")
-        opened = open_image(image, name, decode=True)
-        check_aspect_ratio(opened.size, name, image_processor)
-        checked.append(opened)
-    return checked
 
 
 def _videos(example: dict, where: str) -> list:
@@ -104,7 +89,7 @@ def validate_distillation_dataset(dataset, processor=None, image_rows: int | Non
     if "images" in columns or "image" in columns:
         image_processor = image_processor_of(processor)
         for index, row in first_rows(dataset, image_rows):
-            _check_images(row, _where("dataset row", row, index), image_processor)
+            check_row_images(row, _where("dataset row", row, index), image_processor, prompt_parts=False)
 
 
 @dataclass
@@ -148,7 +133,7 @@ class VisionDistillationCollator:
         for index, example in enumerate(examples):
             where = _where("batch example", example, index)
             prompt, completion = _split(example, where)
-            example_images = _check_images(example, where, image_processor)
+            example_images = check_row_images(example, where, image_processor, prompt_parts=False)
             videos = _videos(example, where)
             for kind, items in (("image", example_images), ("video", videos)):
                 if count_parts(prompt, kind) != len(items):

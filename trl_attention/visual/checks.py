@@ -143,17 +143,18 @@ def box_lists(value, where: str) -> list:
     return per_image
 
 
-def check_row_images(row: dict, where: str, image_processor=None, decode: bool = True) -> list:
+def check_row_images(row: dict, where: str, image_processor=None, decode: bool = True, prompt_parts: bool = True):
     """Check one row's images before the processor sees them, raising a ValueError that names `where`, the column
     and the image: each image present and readable (decoded with `decode`, where a truncated file fails), within the
-    image processor's limits (`check_aspect_ratio`), and as many as the prompt's `{"type": "image"}` parts when it
-    has any (a prompt with an image part and `image: None` fails inside TRL's processor otherwise). Returns the
-    opened images (objects with `.size`)."""
+    image processor's limits (`check_aspect_ratio`), and, with `prompt_parts`, as many as the prompt's
+    `{"type": "image"}` parts when it has any (a prompt with an image part and `image: None` fails inside TRL's
+    processor otherwise; the distillation collator counts parts itself). Returns the opened images (objects with
+    `.size`)."""
     from .rows import count_parts, row_visuals
 
     images = row_visuals(row)[0]
     column = "images" if row.get("images") is not None else "image"
-    parts = count_parts(row.get("prompt"), "image")
+    parts = count_parts(row.get("prompt"), "image") if prompt_parts else 0
     if parts and parts != len(images):
         raise ValueError(
             f"{where}: the prompt has {parts} image part(s) but the row has {len(images)} image(s) in `{column}`; "
