@@ -185,7 +185,7 @@ TEACHER_FORWARD_KEYS = (
 LOSS_BATCH_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages")
 OPTIONAL_LOSS_BATCH_KEYS = ("tool_mask", "num_items_in_batch", "old_per_token_logps", "importance_sampling_ratio")
 # Keys this package adds to TRL's batch: TRL's buffering must shuffle and split them with their rows.
-PACKAGE_BATCH_KEYS = ("old_attention_probs",)
+PACKAGE_BATCH_KEYS = ("old_attention_probs", "group_attention_target")
 # Keys this package adds as per-row Python lists (video batches' `visual_inputs`, one dict per row): TRL's shuffle
 # permutes lists and its split slices them, keeping each entry with its row.
 PACKAGE_LIST_BATCH_KEYS = ("visual_inputs",)

@@ -25,9 +25,8 @@ class RALArguments(AttentionModelArguments):
     attn_layers: list[int] | None = field(
         default=None,
         metadata={
-            "help": "Several attention layers for RAL's term (one of the paper's open questions): the divergence is "
-            "averaged over these layers (indexed like attn_layer). None = attn_layer alone, the paper's final-layer "
-            "choice. Attention rewards, metrics and distillation keep attn_layer."
+            "help": "Several layers for RAL's term, the divergence averaged over them (indexed like attn_layer; "
+            "None = attn_layer alone, the paper). Rewards, metrics, distillation keep attn_layer."
         },
     )
     attn_divergence: str = field(
@@ -40,14 +39,24 @@ class RALArguments(AttentionModelArguments):
     attn_heads: str = field(
         default="mean",
         metadata={
-            "help": "How RAL's term treats attention heads (one of the paper's open questions): 'mean' (the paper) "
-            "= the divergence of the head-averaged distribution; 'per_head' = the divergence computed per query "
-            "head and averaged over heads (p_old then travels as (B, H, C, T), H times the memory). Attention "
-            "rewards, metrics and distillation keep the head average."
+            "help": "'mean' (the paper): the divergence of the head-averaged attention; 'per_head': per query "
+            "head, averaged (p_old H times larger). Rewards, metrics, distillation keep the mean."
         },
     )
+    attn_reference: str = field(
+        default="rollout",
+        metadata={
+            "help": "RAL's reference: 'rollout' (paper, p_old) or 'group' (opt-in: the mean attention of the "
+            "group's A > 0 rollouts; acts without reuse, docs/ral.md)."
+        },
+    )
+
     def __post_init__(self):
         check_weight(self, "attn_coef")
+        from .group_reference import ATTN_REFERENCES
+
+        if self.attn_reference not in ATTN_REFERENCES:
+            raise ValueError(f"attn_reference must be one of {list(ATTN_REFERENCES)}, got {self.attn_reference!r}")
         from ..losses import DIVERGENCES
 
         if self.attn_divergence not in DIVERGENCES:
@@ -63,6 +72,11 @@ class RALArguments(AttentionModelArguments):
             if not layers or len(set(layers)) != len(layers):
                 raise ValueError(f"attn_layers must be distinct layer indices (or None), got {self.attn_layers!r}")
             self.attn_layers = layers
+        if self.attn_reference == "group" and (self.attn_heads != "mean" or self.attn_layers is not None):
+            raise ValueError(
+                "attn_reference='group' pulls attn_layer's head-averaged attention toward its group's target: it "
+                f"takes attn_heads='mean' and attn_layers=None, got {self.attn_heads!r} and {self.attn_layers!r}"
+            )
         chain_post_init(self, RALArguments)  # GRPOConfig's checks, when mixed into it
         check_capture_checkpointing(self)
 

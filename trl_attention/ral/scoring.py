@@ -17,6 +17,7 @@ import torch
 
 from ..capture import capture_attention
 from ..trl_internals import SCORING_FORWARD_KEYS, scores_old_logps
+from .group_reference import group_attention_target
 
 __all__ = ["ScoringCaptureMixin", "old_attention"]
 
@@ -34,17 +35,25 @@ class ScoringCaptureMixin:
     other components `scoring_batch` and `score_rollouts` (ral/composition.py)."""
 
     def _init_scoring_capture(
-        self, layer: int, needs_old_attention: bool, for_rewards: bool, old_layers=None, old_heads: str = "mean"
+        self,
+        layer: int,
+        needs_old_attention: bool,
+        for_rewards: bool,
+        old_layers=None,
+        old_heads: str = "mean",
+        group_reference: bool = False,
     ) -> None:
         """`needs_old_attention`: keep p_old for RAL (of `old_layers`, default [layer]); `for_rewards`: rewards
         read the capture of `layer` (with entropies). `old_heads`: "mean" (head-averaged p_old) or "all"
-        (per head, RAL's attn_heads="per_head"); the rewards always get the head average."""
+        (per head, RAL's attn_heads="per_head"); the rewards always get the head average. `group_reference`: put
+        RAL's group target (ral/group_reference.py, from `layer`) in every training batch, reuse or not."""
         self._scoring_layer = layer
         self._old_layers = list(old_layers) if old_layers else [layer]
         self._scoring_layers = list(dict.fromkeys([layer, *self._old_layers]))
         self._old_heads = old_heads
         self._needs_old_attention = needs_old_attention
         self._scoring_for_rewards = for_rewards
+        self._group_reference = group_reference
         self._scoring_pending = False
         self._scoring = None  # the captured scoring forward of the generation batch in flight (`scoring_batch`)
 
@@ -85,7 +94,7 @@ class ScoringCaptureMixin:
         return self._old_heads if layer in self._old_layers and self._needs_old_attention else "mean"
 
     def _generate_and_score_completions(self, inputs):
-        if not (self._needs_old_attention or self._scoring_for_rewards):
+        if not (self._needs_old_attention or self._scoring_for_rewards or self._group_reference):
             return super()._generate_and_score_completions(inputs)
         self._scoring = None
         self._scoring_pending = scores_old_logps(self)
@@ -94,16 +103,26 @@ class ScoringCaptureMixin:
         finally:
             self._scoring_pending = False
         scoring, self._scoring = self._scoring, None
-        if self._needs_old_attention and "old_per_token_logps" in output:
-            if scoring is None:
-                scoring = self._scoring_forward(
-                    output["prompt_ids"],
-                    output["prompt_mask"],
-                    output["completion_ids"],
-                    output["completion_mask"],
-                    {key: output.get(key) for key in (*SCORING_FORWARD_KEYS, "visual_inputs")},
-                )
+        old = self._needs_old_attention and "old_per_token_logps" in output
+        group = self._group_reference and self.model.training  # the target is a training-loss input only
+        if (old or group) and scoring is None:
+            scoring = self._scoring_forward(
+                output["prompt_ids"],
+                output["prompt_mask"],
+                output["completion_ids"],
+                output["completion_mask"],
+                {key: output.get(key) for key in (*SCORING_FORWARD_KEYS, "visual_inputs")},
+            )
+        if old:
             output["old_attention_probs"] = scoring["old_probs"]
+        if group:
+            output["group_attention_target"] = group_attention_target(
+                scoring["probs"],
+                output["prompt_ids"].size(1),
+                output["completion_mask"],
+                output["advantages"],
+                self.num_generations,
+            )
         return output
 
     @property

@@ -41,6 +41,7 @@ from ..trl_internals import (
 )
 from . import composition
 from .config import AttentionGRPOConfig
+from .group_reference import prompt_attention
 
 __all__ = ["AttentionGRPOTrainer"]
 
@@ -88,6 +89,13 @@ class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the component
         self.attn_layers = list(getattr(self.args, "attn_layers", None) or [self.attn_layer])  # RAL's term
         self.attn_divergence = getattr(self.args, "attn_divergence", "jsd")
         self.attn_heads = getattr(self.args, "attn_heads", "mean")  # "per_head": the term per query head
+        self.attn_reference = getattr(self.args, "attn_reference", "rollout")  # "group": group_reference.py
+        group = self.attn_coef != 0 and self.attn_reference == "group"
+        if group and self.args.per_device_train_batch_size % self.num_generations:
+            raise ValueError(
+                f"attn_reference='group' needs whole groups on each device: per_device_train_batch_size="
+                f"{self.args.per_device_train_batch_size} is not a multiple of num_generations={self.num_generations}"
+            )
         # The policy is captured only for RAL's term, an attention reward or attention distillation: otherwise no
         # decoder layer is looked up (plain GRPO on any model GRPOTrainer trains, hybrids included).
         rewards_attention = any(getattr(func, "requires_attention", False) for func in self.reward_funcs)
@@ -102,13 +110,14 @@ class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the component
         self._init_reward_attention()
         self._init_scoring_capture(
             self.attn_layer,
-            self.attn_coef != 0,
+            self.attn_coef != 0 and not group,
             bool(self.attention_reward_indices),
             self.attn_layers,
             old_heads="all" if self.attn_heads == "per_head" else "mean",
+            group_reference=group,
         )
         self._set_model_card_methods()
-        if self.attn_coef != 0:
+        if self.attn_coef != 0 and not group:
             if not reuses_rollouts(self):
                 message = (
                     f"attn_coef={self.attn_coef} has no effect with num_iterations={self.num_iterations}, "
@@ -170,6 +179,20 @@ class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the component
                 )
         metrics = caps[self.attn_layer].probs.detach()  # the metrics read attn_layer (its help), head-averaged
         metrics = metrics.mean(1) if heads[self.attn_layer] == "all" else metrics
+        mask = loss_mask(inputs).to(probs[0].dtype)
+        if self.attn_reference == "group":  # the target already carries the advantages
+            per_token = weighted = self._group_divergence(probs[0], inputs)
+        else:
+            per_token = self._rollout_divergence(probs, old, per_head)
+            advantages = inputs["advantages"]
+            weighted = (advantages.unsqueeze(1) if advantages.dim() == 1 else advantages) * per_token
+        attn_loss = aggregate_like_trl(self, importance_weighted(self, weighted, inputs), mask, inputs)
+        self._log_attention_metrics(inputs, metrics, attention_policy(metrics), per_token.detach(), mask)
+        return loss + self.attn_coef * attn_loss.to(loss.dtype)
+
+    def _rollout_divergence(self, probs, old, per_head: bool) -> torch.Tensor:
+        """(B, C) D(p_theta^t || p_old^t), the paper's reference (averaged over `attn_layers`, per head when
+        asked)."""
         batch = probs[0].shape[0]
         if per_head:  # (B, H, C, T) per layer: the policies and divergences of the B * H head rows
             probs = [p.flatten(0, 1) for p in probs]
@@ -179,16 +202,23 @@ class AttentionGRPOTrainer(*composition.mixins(), GRPOTrainer):  # the component
         divergences = [attention_divergence(self.attn_divergence, pt, po) for pt, po in zip(p_theta, p_old)]
         if per_head:  # (B * H, C) -> (B, C): the mean over query heads of the per-head divergence
             divergences = [d.unflatten(0, (batch, -1)).mean(1) for d in divergences]
-        per_token = torch.stack(divergences).mean(0)  # (B, C): the divergence averaged over the RAL layers
-        advantages = inputs["advantages"]
-        advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
-        mask = loss_mask(inputs).to(per_token.dtype)
-        attn_loss = aggregate_like_trl(self, importance_weighted(self, advantages * per_token, inputs), mask, inputs)
-        self._log_attention_metrics(inputs, metrics, attention_policy(metrics), per_token.detach(), mask)
-        return loss + self.attn_coef * attn_loss.to(loss.dtype)
+        return torch.stack(divergences).mean(0)  # (B, C): the divergence averaged over the RAL layers
+
+    def _group_divergence(self, probs, inputs) -> torch.Tensor:
+        """(B, C) D(p_theta^t on the prompt's keys || q_g), zero for rollouts whose group has no target
+        (attn_reference="group", group_reference.py); 0 outside training (the target is built for training
+        batches)."""
+        target = inputs.get("group_attention_target")
+        if target is None:
+            return probs.new_zeros(probs.shape[:2])
+        target = target.to(probs.device, probs.dtype)
+        rows = prompt_attention(probs, target.shape[-1])
+        divergence = attention_divergence(self.attn_divergence, rows, target[:, None, :].expand_as(rows))
+        return divergence * (target.sum(-1, keepdim=True) > 0)
 
     def _log_attention_metrics(self, inputs, probs, p_theta, per_token_jsd, mask):
-        log_global_masked_mean(self, f"attention/{self.attn_divergence}", per_token_jsd, mask)
+        group = "group_" if self.attn_reference == "group" else ""  # the divergence to q_g, not to p_old
+        log_global_masked_mean(self, f"attention/{group}{self.attn_divergence}", per_token_jsd, mask)
         log_global_masked_mean(self, "attention/entropy", attention_entropy(p_theta), mask)
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         masses = visual_masses(self.model, probs, input_ids)
