@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from evidence_data import FORMATS, make_distractor_dataset  # noqa: E402
-from evidence_report import markdown_table, plot, summarise, write_json  # noqa: E402
+from evidence_report import markdown_table, plot, summarise, write_results  # noqa: E402
 from evidence_train import ABLATION_ARMS, ARMS, load, train_rl, train_sft  # noqa: E402
 
 from trl_attention_recipes.evaluation import box_token_share, evaluate, majority_accuracy  # noqa: E402
@@ -191,11 +191,7 @@ def run(args) -> dict:
         "baselines": baselines,
         "runs": runs,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(f"`{command}`\n\n{header}\n\n{table}\n")
-    write_json(out / "results.json", payload)
-    plot(rows, out / "results.png", chance)
-    print(f"\n{header}\n\n{table}\n\ncommand: {command}\nwritten: {out}/results.md, results.json, results.png")
+    write_results(out, command, header, table, payload, lambda path: plot(rows, path, chance))
     return payload
 
 

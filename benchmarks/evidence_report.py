@@ -63,6 +63,16 @@ def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(clean(payload), indent=1))
 
 
+def write_results(out: Path, command: str, header: str, table: str, payload: dict, draw) -> None:
+    """results.md (command, header, table), results.json (`payload`) and results.png (`draw(path)`) under `out`;
+    prints the header, table and command."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(f"`{command}`\n\n{header}\n\n{table}\n")
+    write_json(out / "results.json", payload)
+    draw(out / "results.png")
+    print(f"\n{header}\n\n{table}\n\ncommand: {command}\nwritten: {out}/results.md, results.json, results.png")
+
+
 def plot(rows: dict, path: Path, chance_share: float) -> None:
     """One panel per metric: a bar per arm (mean) with its 95% interval; baselines hatched."""
     names = list(rows)

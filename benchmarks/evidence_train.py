@@ -28,6 +28,9 @@ class Arm:
     attn_layers: tuple | None = None
     attn_divergence: str = "jsd"
     attn_heads: str = "mean"
+    attn_reference: str = "rollout"
+    num_iterations: int = 2  # every arm of evidence.py reuses its rollouts once; the testbed's dose-response varies it
+    steps_per_generation: int | None = None
 
 
 ARMS = {
@@ -123,13 +126,15 @@ def train_rl(cfg, arm: Arm, checkpoint: str, dataset, seed: int, out: str, teach
         num_generations=cfg.generations,
         max_completion_length=cfg.max_completion[arm.fmt],
         learning_rate=cfg.rl_lr,
-        num_iterations=2,  # every arm reuses its rollouts once: RAL's term acts, and compute stays equal
+        num_iterations=arm.num_iterations,  # 2 by default: RAL's term acts, and compute stays equal
+        steps_per_generation=arm.steps_per_generation,
         temperature=1.0,
         freeze_vision_tower=True,  # the paper's setup: RL trains the language model only
         attn_coef=arm.attn_coef,
         attn_layers=list(arm.attn_layers) if arm.attn_layers else None,
         attn_divergence=arm.attn_divergence,
         attn_heads=arm.attn_heads,
+        attn_reference=arm.attn_reference,
         reward_weights=weights,
         **extra,
         **cfg.rl_extra,

@@ -79,6 +79,30 @@ def attention_metrics(model, processor, row: dict, completion: str) -> dict:
     }
 
 
+def _answer_grid(model, processor, row: dict, completion: str) -> np.ndarray:
+    """The answer tokens' mean attention over the image's tokens (as `attention_metrics` reads it), normalised."""
+    att = capture_image_attention(model, processor, row["prompt"], row["image"], completion=completion)
+    grid = att.select(answer_rows(processor.tokenizer, completion, att.grids.shape[0])).astype(np.float64)
+    return grid / max(float(grid.sum()), 1e-12)
+
+
+def attention_shift(model, reference, processor, dataset, completions) -> float:
+    """Mean over rows of JSD(model's answer-token image attention || reference's), both on the row's prompt plus
+    `completions[i]` (the model's own), in nats (<= ln 2): how far training moved where the answer looks."""
+    values = []
+    for i, completion in enumerate(completions):
+        if not completion:
+            continue
+        p = _answer_grid(model, processor, dataset[i], completion).ravel()
+        q = _answer_grid(reference, processor, dataset[i], completion).ravel()
+        m = 0.5 * (p + q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl_p = np.where(p > 0, p * np.log(p / np.where(m > 0, m, 1)), 0.0).sum()
+            kl_q = np.where(q > 0, q * np.log(q / np.where(m > 0, m, 1)), 0.0).sum()
+        values.append(0.5 * (kl_p + kl_q))
+    return float(np.mean(values)) if values else math.nan
+
+
 def evaluate(model, processor, dataset, max_new_tokens: int) -> dict:
     """Means over the held-out rows of `METRICS` (accuracy from greedy generation), `answer_format` (the share of
     completions exactly `<answer>...</answer>`) and one example completion."""
