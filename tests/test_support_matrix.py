@@ -35,6 +35,8 @@ NOTES = {
     "internvl": "tiles of `image_seq_length` tokens (pixel shuffle)",
     "idefics3": "tiles (image splitting) of `image_seq_length` tokens each",
     "smolvlm": "tiles (image splitting) of `image_seq_length` tokens each",
+    "qwen2_vl": "dynamic grid: `image_grid_thw` / `spatial_merge_size` (14 px patches)",
+    "qwen3_vl": "dynamic grid: `image_grid_thw` / `spatial_merge_size` (16 px patches, DeepStack features)",
     "qwen3_5_vl": "dynamic grid: `image_grid_thw` / `spatial_merge_size`",
     "qwen2_5_vl": "dynamic grid; video: grid.prod() / merge^2 tokens per clip, M-RoPE temporal positions",
 }

@@ -1,5 +1,5 @@
-"""The tiny VLMs of `families.py`: Gemma3, Gemma4, LLaVA, LLaVA-OneVision, InternVL, Idefics3, SmolVLM and
-Qwen3.5-VL from their config classes, with hand-made inputs: one image per row, 4 image tokens (its vision tower's
+"""The tiny VLMs of `families.py`: Gemma3, Gemma4, LLaVA, LLaVA-OneVision, InternVL, Idefics3, SmolVLM, Qwen2-VL,
+Qwen3-VL and Qwen3.5-VL from their config classes, with hand-made inputs: one image per row, 4 image tokens (its vision tower's
 output for one 28 / 56 / 64 px image) but for LLaVA-OneVision's anyres image (10 tokens: `IMAGE_TOKENS`)."""
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ _QWEN_VISION = {
     "out_hidden_size": 64,
     "num_position_embeddings": 64,
 }
+
+_MROPE = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}
+_QWEN_IDS = {"image_token_id": IMAGE_TOKEN_ID, "video_token_id": 6, "vision_start_token_id": 3, "vision_end_token_id": 4}
 
 _SIGLIP_28 = {**_VISION, "image_size": 28, "patch_size": 14}
 # Gemma4's vision tower: 16 px patches, pooled 2 x 2 -> one 64 px image of 4 x 4 patches = 4 tokens.
@@ -128,6 +131,28 @@ VLM_FAMILIES.update(
             {"text_config": {"model_type": "llama", **_TEXT}, "vision_config": _SIGLIP, "scale_factor": 2},
             "tiles",
         ),
+        "qwen2_vl": (
+            "qwen2_vl",
+            "Qwen2VLConfig",
+            "Qwen2VLForConditionalGeneration",
+            {
+                "text_config": {**_TEXT, "rope_parameters": _MROPE},
+                "vision_config": {"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "patch_size": 14},
+                **_QWEN_IDS,
+            },
+            "grid14",
+        ),
+        "qwen3_vl": (
+            "qwen3_vl",
+            "Qwen3VLConfig",
+            "Qwen3VLForConditionalGeneration",
+            {
+                "text_config": {**_TEXT, "rope_parameters": {**_MROPE, "mrope_interleaved": True}},
+                "vision_config": {**_QWEN_VISION, "deepstack_visual_indexes": [0]},
+                **_QWEN_IDS,
+            },
+            "grid",
+        ),
         "qwen3_5_vl": (
             "qwen3_5",
             "Qwen3_5Config",
@@ -160,8 +185,9 @@ VLM_FAMILIES.update(
 
 def _pixels(layout: str, kwargs: dict) -> dict:
     """The image tensors of 2 rows with one image each, in the layout the family's processor returns."""
-    if layout == "grid":  # Qwen-style: flattened patches of a 1 x 4 x 4 grid, merged 2 x 2 -> 4 tokens
-        return {"pixel_values": torch.randn(32, 3 * 2 * 16 * 16), "image_grid_thw": torch.tensor([[1, 4, 4]] * 2)}
+    if layout in ("grid", "grid14"):  # Qwen-style: flattened patches of a 1 x 4 x 4 grid, merged 2 x 2 -> 4 tokens
+        patch = 14 if layout == "grid14" else 16  # Qwen2-VL's 14 px patches, Qwen3(.5)-VL's 16
+        return {"pixel_values": torch.randn(32, 3 * 2 * patch * patch), "image_grid_thw": torch.tensor([[1, 4, 4]] * 2)}
     if layout == "tiles":  # Idefics3 / SmolVLM: (batch, images, C, H, W)
         return {"pixel_values": torch.randn(2, 1, 3, 56, 56)}
     if layout == "patches":  # Gemma4: (images, patches, 3 * 16 * 16) in [0, 1], (x, y) of each patch
@@ -193,7 +219,7 @@ def build_tiny_vlm_family(name: str, seed: int = 0, attn_implementation: str = "
     mask = torch.ones_like(input_ids)
     mask[0, :2] = 0
     inputs = {"input_ids": input_ids, "attention_mask": mask, **pixels}
-    if layout in ("grid", "patches"):  # Qwen's M-RoPE / Gemma4's bidirectional image blocks read the token types
+    if layout in ("grid", "grid14", "patches"):  # Qwen's M-RoPE / Gemma4's bidirectional image blocks read the token types
         inputs["mm_token_type_ids"] = (input_ids == IMAGE_TOKEN_ID).long()
     if name == "gemma3":
         inputs["token_type_ids"] = (input_ids == IMAGE_TOKEN_ID).long()
