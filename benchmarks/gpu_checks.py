@@ -5,6 +5,8 @@
   micro    capture of the 7B last layer (H=28, H_kv=4, d=128, C=1024, T=8192, bf16) vs SDPA forward+backward
   step     the training-step ratio of `benchmarks/capture.py --preset 7b` (no capture / torch / triton capture)
   ral      one AttentionGRPOTrainer (RAL) step on a tiny model loaded with attn_implementation="flash_attention_2"
+  vllm     two RAL steps with vLLM colocate generation (use_vllm=True, vllm_mode="colocate") on a tiny model saved to
+           disk: attention/jsd and TRL's importance-sampling ratio logged, finite losses (SKIP without vllm)
 
 `--cpu-smoke` runs the same code at toy sizes on CPU (Triton in its interpreter, the step table with the tiny
 preset, the RAL step with sdpa) so this script cannot rot without a GPU; it proves nothing about CUDA numbers.
@@ -14,6 +16,7 @@ Each row: check, case, result, value, limit/reference, status (PASS / FAIL / SKI
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -183,14 +186,53 @@ def step(device, seq, timeout):
 
 
 # -- RAL step with flash-attention ----------------------------------------------------------------------------------
-def ral(device):
-    import importlib.util
-    import tempfile
+def _ral_steps(device, model, tokenizer, out, **extra):
+    """Two RAL steps (the second reuses the rollouts, so the term acts); returns the trainer, after train()."""
     import warnings
 
     from datasets import Dataset
 
     from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = AttentionGRPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=4,
+            num_generations=4,
+            max_completion_length=8,
+            max_steps=2,
+            num_iterations=2,
+            learning_rate=1e-3,
+            report_to=[],
+            logging_steps=1,
+            save_strategy="no",
+            bf16=device.type == "cuda",
+            use_cpu=device.type != "cuda",
+            disable_tqdm=True,
+            attn_coef=1.0,
+            **extra,
+        )
+        trainer = AttentionGRPOTrainer(
+            model=model,
+            reward_funcs=lambda completions, **kw: [len(set(str(c))) / 10.0 for c in completions],
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["the red square is", "name a shape"] * 4}),
+            processing_class=tokenizer,
+        )
+        trainer.train()
+    return trainer
+
+
+def _logged(trainer, key: str) -> tuple[bool, list]:
+    logged = [h for h in trainer.state.log_history if key in h]
+    return bool(logged) and all(math.isfinite(h["loss"]) for h in logged if "loss" in h), logged
+
+
+def ral(device):
+    import importlib.util
+    import tempfile
+
     from trl_attention.tiny import build_tiny_lm
 
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is None:
@@ -201,43 +243,42 @@ def ral(device):
     if device.type == "cuda":
         model = model.to(device, torch.bfloat16)
     model.set_attn_implementation(impl)
-    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        args = AttentionGRPOConfig(
-            output_dir=out,
-            per_device_train_batch_size=4,
-            num_generations=4,
-            max_completion_length=8,
-            max_steps=2,
-            num_iterations=2,  # the second update reuses the rollouts: the attention term acts
-            learning_rate=1e-3,
-            report_to=[],
-            logging_steps=1,
-            save_strategy="no",
-            bf16=device.type == "cuda",
-            use_cpu=device.type != "cuda",
-            disable_tqdm=True,
-            attn_coef=1.0,
-        )
-        trainer = AttentionGRPOTrainer(
-            model=model,
-            reward_funcs=lambda completions, **kw: [len(set(str(c))) / 10.0 for c in completions],
-            args=args,
-            train_dataset=Dataset.from_dict({"prompt": ["the red square is", "name a shape"] * 4}),
-            processing_class=tokenizer,
-        )
-        start = time.perf_counter()
-        trainer.train()
-    logged = [h for h in trainer.state.log_history if "attention/jsd" in h]
-    ok = bool(logged) and all(torch.isfinite(torch.tensor(h["loss"])) for h in logged if "loss" in h)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        ok, logged = _logged(_ral_steps(device, model, tokenizer, out), "attention/jsd")
     note = f"{time.perf_counter() - start:.1f}s, jsd logged" if logged else "no attention/jsd logged"
     row("ral", f"2 steps {impl}", "finite loss", ok, note, _ok(ok))
+
+
+def vllm(device):
+    """GRPO with vLLM colocate generation and RAL's term: vLLM returns no attention, RAL captures it in the training
+    forwards, and its term takes TRL's vLLM importance-sampling weights (docs/trl-internals.md)."""
+    import importlib.util
+    import tempfile
+
+    from trl_attention.tiny import save_tiny_lm
+
+    if importlib.util.find_spec("vllm") is None or device.type != "cuda":
+        why = "vllm is not installed" if importlib.util.find_spec("vllm") is None else "vLLM needs CUDA"
+        row("vllm", "colocate + RAL", "skipped", why, "pip install vllm (a wheel on a machine without network)", "SKIP")
+        return
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        path = save_tiny_lm(f"{out}/tiny")  # vLLM loads the model from disk
+        trainer = _ral_steps(
+            device, path, None, f"{out}/run", use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.2
+        )
+    ok, logged = _logged(trainer, "attention/jsd")
+    ratio = [h[k] for h in trainer.state.log_history for k in h if k.startswith("sampling/importance_sampling_ratio")]
+    ok = ok and bool(ratio)
+    note = f"{time.perf_counter() - start:.1f}s, jsd and IS ratio logged" if ok else "jsd or IS ratio not logged"
+    row("vllm", "2 steps colocate + RAL", "finite loss", ok, note, _ok(ok))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true", help="toy sizes on CPU (Triton interpreter)")
-    parser.add_argument("--only", nargs="+", choices=["parity", "micro", "step", "ral"], default=None)
+    parser.add_argument("--only", nargs="+", choices=["parity", "micro", "step", "ral", "vllm"], default=None)
     parser.add_argument("--step-seq", type=int, default=2048, help="T of the 7b training-step ratio")
     parser.add_argument("--step-timeout", type=int, default=330, help="seconds for benchmarks/capture.py")
     args = parser.parse_args(argv)
@@ -245,11 +286,11 @@ def main(argv=None) -> int:
         print("no CUDA device: run with --cpu-smoke for the CPU smoke test")
         return 2
     device = torch.device("cpu" if SMOKE else "cuda")
-    checks = args.only or ["parity", "micro", "step", "ral"]
+    checks = args.only or ["parity", "micro", "step", "ral", "vllm"]
     for name in checks:
         start = time.perf_counter()
         try:
-            {"parity": parity, "micro": micro, "ral": ral}.get(
+            {"parity": parity, "micro": micro, "ral": ral, "vllm": vllm}.get(
                 name, lambda d: step(d, args.step_seq, args.step_timeout)
             )(device)
         except Exception as err:

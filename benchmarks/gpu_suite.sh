@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every capture-layer check that needs CUDA, in one go (< 10 minutes on one GPU), printed as one table:
 # Triton vs torch parity (fp32, bf16; values, dQ, dK, d sinks), the 7B last-layer micro-benchmark against SDPA,
-# the capture training-step ratio (benchmarks/capture.py --preset 7b) and a RAL step with flash_attention_2
-# (skipped with a line saying so when flash_attn is not installed). Details: benchmarks/gpu_checks.py.
+# the capture training-step ratio (benchmarks/capture.py --preset 7b), a RAL step with flash_attention_2 and RAL
+# with vLLM colocate generation (each skipped with a line saying so when flash_attn / vllm is not installed).
+# Details: benchmarks/gpu_checks.py.
 #
 #   bash benchmarks/gpu_suite.sh               # on a GPU machine
 #   bash benchmarks/gpu_suite.sh --cpu-smoke   # toy sizes on CPU: keeps the suite runnable (tests run this)
