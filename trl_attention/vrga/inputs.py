@@ -1,4 +1,5 @@
-"""Which prompt tokens VRGA acts on: each sample's image tokens, split per image; video tokens are refused.
+"""Which prompt tokens VRGA acts on: each sample's image tokens, split per image with their grids (any layout of
+`visual.layouts`); video tokens are refused.
 
 VRGA (arXiv 2603.14184) is defined on images: its head statistics, attention sinks (first row / column of a grid)
 and focus thresholds read one image's token grid, and its thresholds were set on image benchmarks. A video's tokens
@@ -12,7 +13,7 @@ import torch
 
 from ..visual.regions import visual_token_positions
 
-__all__ = ["refuse_video", "split_grids"]
+__all__ = ["in_window", "layout_grids", "refuse_video", "split_grids"]
 
 
 def refuse_video(model, input_ids: torch.Tensor) -> None:
@@ -51,3 +52,33 @@ def split_grids(input_ids, image_token_id: int, grids, merge: int):
     if used != len(counts):
         raise ValueError(f"VRGA: image_grid_thw has {len(counts)} images but the input_ids hold only {used}")
     return out
+
+
+def layout_grids(layout, input_ids: torch.Tensor, recorded) -> torch.Tensor | None:
+    """(images, 3) (t, h, w) in patches of a prompt's images, in order, for `layout` (`visual.layouts`): the recorded
+    `image_grid_thw` (Qwen), the grids of the recorded `image_position_ids` (Gemma4), or the fixed grid per image
+    (LLaVA, Gemma3); None when the prompt has no image tokens."""
+    if not (input_ids == layout.token_id).any():
+        return None
+    if layout.kind == "dynamic":
+        return recorded
+    if layout.kind == "patches":
+        grids = layout.grids({"image_position_ids": recorded}) if recorded is not None else []
+    else:
+        per_sample = layout.sample_grids(input_ids.cpu(), None)
+        bad = [b for b, g in enumerate(per_sample) if g is None]
+        if bad:
+            raise ValueError(
+                f"VRGA: sample {bad[0]}'s image tokens are not whole images of {layout.cells} tokens "
+                f"({layout.model}'s fixed grid); was the prompt truncated?"
+            )
+        grids = [g for sample in per_sample for g in sample]
+    return torch.tensor(grids, dtype=torch.long).reshape(-1, 3) if grids else None
+
+
+def in_window(index: torch.Tensor, valid: torch.Tensor, offset: int):
+    """Positions `index` (with `valid`) in a cache that dropped its first `offset` positions (sliding window)."""
+    if offset <= 0:
+        return index, valid
+    shifted = index - offset
+    return shifted.clamp(min=0), valid & (shifted >= 0)

@@ -21,10 +21,13 @@ import torch
 from torch import nn
 from typing_extensions import Self
 
-from ..capture import AttentionHooks, CaptureError, spatial_merge_size, unwrap_model
+from ..capture import AttentionHooks, CaptureError, unwrap_model
+from ..visual.layouts import LayoutError, visual_layout
 from ..ops.attention_rows import normalize_mask
 from .config import VRGAConfig
 from .inputs import refuse_video
+from .inputs import in_window as _in_window
+from .inputs import layout_grids as _layout_grids
 from .inputs import split_grids as _split_grids
 from .select import boosted_heads, image_statistics, select_focus
 
@@ -102,17 +105,19 @@ class VRGA:
         self.image_token_id = getattr(base.config, "image_token_id", None)
         if self.image_token_id is None:
             raise CaptureError(f"VRGA needs a vision-language model with image tokens; {name} has no image_token_id")
-        self.merge = spatial_merge_size(base, default=None)
-        if self.merge is None:
-            raise CaptureError(f"VRGA needs a Qwen-VL-style vision_config.spatial_merge_size; {name} has none")
-        # transformers' generate encodes the images before the prefill forward and does not pass image_grid_thw to
-        # it: the grids are read where the images are encoded, in the (inner) model's get_image_features.
+        try:  # where the image tokens are and the grid they form: the layouts SAYO and the heatmaps read
+            self.layout = visual_layout(base)
+        except LayoutError as error:
+            raise CaptureError(f"VRGA needs one token grid over each whole image: {error}") from error
+        self.image_token_id, self.merge = self.layout.token_id, self.layout.merge
+        # transformers' generate encodes the images before the prefill forward and does not pass their grids
+        # (image_grid_thw, Gemma4's image_position_ids) to it: they are read where the images are encoded, in the
+        # (inner) model's get_image_features. A fixed layout (LLaVA, Gemma3) needs none.
+        self._grid_key = {"dynamic": "image_grid_thw", "patches": "image_position_ids"}.get(self.layout.kind)
         self._encoder_owner = getattr(base, "base_model", base)
         encoder = getattr(self._encoder_owner, "get_image_features", None)
         if encoder is None:
-            raise CaptureError(
-                f"VRGA needs a VLM with get_image_features(pixel_values, image_grid_thw); {name} has none"
-            )
+            raise CaptureError(f"VRGA needs a VLM with get_image_features(pixel_values, ...); {name} has none")
         self._hooks = AttentionHooks(model, self._attention)  # sdpa/eager only: CaptureError otherwise
         self.num_layers = len(self._hooks.layers)
         self.diagnostics: list = []
@@ -128,7 +133,8 @@ class VRGA:
 
         @functools.wraps(encoder)
         def get_image_features(*args, **kwargs):
-            self._grids = signature.bind(*args, **kwargs).arguments.get("image_grid_thw")
+            if self._grid_key is not None:
+                self._grids = signature.bind(*args, **kwargs).arguments.get(self._grid_key)
             return encoder(*args, **kwargs)
 
         return get_image_features
@@ -168,19 +174,19 @@ class VRGA:
                 raise ValueError("VRGA does not support chunked prefill or multi-token continuation of a cache")
             keys = mask.bool() if mask is not None and mask.dim() == 2 else torch.ones_like(ids, dtype=torch.bool)
             self._state = {"ids": ids, "keys": keys, "n_keys": n_keys.to(ids.device, torch.float32)}
-            self._state.update(prefill={}, ready=False)
+            self._state.update(prefill={}, ready=False, length=ids.shape[1])  # length: positions in the cache
             self.diagnostics = []
         elif self._state is not None and mask is not None and mask.dim() == 2:
             self._state["n_keys"] = n_keys.to(torch.float32)
+            self._state["length"] += 1
         elif self._state is not None:  # no 2-D mask: every cached position counts
             self._state["n_keys"] = self._state["n_keys"] + 1
+            self._state["length"] += 1
 
     def _locate_images(self, state):
         """At the first prefill layer (the images are encoded by then): per-sample image positions and grids."""
         input_ids, device = state.pop("ids"), state["n_keys"].device
-        grids, self._grids = self._grids, None
-        if not (input_ids == self.image_token_id).any():
-            grids = None
+        grids, self._grids = _layout_grids(self.layout, input_ids, self._grids), None
         samples = _split_grids(input_ids, self.image_token_id, grids, self.merge)
         empty = torch.zeros(0, dtype=torch.long, device=device)
         flat = [torch.cat(pos) if pos else empty for pos, _ in samples]
@@ -313,10 +319,11 @@ class VRGA:
         picked = query.gather(2, where[:, None, None, None].expand(-1, heads, 1, dim))
         return head_rows(picked, key, bias, scaling)[:, :, 0]
 
-    def _statistics(self, state, rows, n_keys=None, entropy: str = "image"):
-        image_probs = self._gather(rows, state["img_index"])
+    def _statistics(self, state, rows, n_keys=None, entropy: str = "image", image=None):
+        index, valid = (state["img_index"], state["img_valid"]) if image is None else image
+        image_probs = self._gather(rows, index)
         mean_all = rows.sum(-1) / (state["n_keys"] if n_keys is None else n_keys)[:, None]
-        return image_statistics(image_probs, mean_all, state["img_valid"][:, None], entropy)
+        return image_statistics(image_probs, mean_all, valid[:, None], entropy)
 
     def _decode_step(self, state, layer, query, key, value, attention_mask, output, scaling):
         batch, heads = query.shape[:2]
@@ -327,12 +334,17 @@ class VRGA:
         else:
             bias = normalize_mask(attention_mask, batch, 1, 1, length, False, query.device)
             rows = head_rows(query, key, bias, scaling)[:, :, 0]  # (B, H, T)
-        r_img, h_img, _ = self._statistics(state, rows, entropy=self.config.boost_entropy)
+        # A sliding-window layer's cache holds the last `length` of the sequence's positions: shift the image and
+        # focus positions into it (those that left the window are masked there anyway, so not boosted).
+        offset = state["length"] - length
+        image = _in_window(state["img_index"], state["img_valid"], offset)
+        n_keys = state["n_keys"].clamp(max=length) if offset > 0 else None
+        r_img, h_img, _ = self._statistics(state, rows, n_keys, self.config.boost_entropy, image)
         cfg = self.config
         boost = boosted_heads(r_img, h_img, cfg) & state["has_image"][:, None]
         state["counts"][:, layer] += boost
         gain = cfg.gamma * boost.to(torch.float32)  # (B, H): gamma on boosted heads, 0 elsewhere
-        index, valid = state["boost_index"], state["boost_valid"]
+        index, valid = _in_window(state["boost_index"], state["boost_valid"], offset)
         attn_output = output[0]  # (B, 1, H, D)
         if cfg.mode == "correction":
             focus_probs = self._gather(rows, index) * valid[:, None]  # (B, H, S)
@@ -353,7 +365,8 @@ class VRGA:
 
 
 def enable_vrga(model: nn.Module, config: VRGAConfig | None = None, q_end_pos=None) -> VRGA:
-    """Turn VRGA on for `model` (a Qwen2-VL / Qwen2.5-VL / Qwen3-VL-style VLM on sdpa or eager attention).
+    """Turn VRGA on for `model` (a VLM whose image tokens form one grid per image, `visual.layouts`: Qwen2/2.5/3-VL,
+    Qwen3.5-VL, LLaVA, Gemma3, Gemma4; on sdpa or eager attention).
 
     Returns the handle: `with enable_vrga(model, cfg) as vrga: model.generate(**inputs)`, or keep it and call
     `vrga.disable()`. `vrga.diagnostics` describes the last prompt (heads, refined map and focus tokens per image).
