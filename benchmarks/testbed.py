@@ -54,7 +54,13 @@ ARMS = {
 DOSE_COEFS = (0.0, 1.0, 5.0, 25.0)
 DOSE_REUSE = {"ni1": dict(num_iterations=1), "ni2": dict(num_iterations=2), "ni4": dict(num_iterations=4),
               "spg4": dict(num_iterations=1, steps_per_generation=4)}  # spg4: 4 optimiser steps per generation batch
-DOSE_ARMS = {f"{r}_c{c:g}": Arm(attn_coef=c, fmt="answer", **kw) for r, kw in DOSE_REUSE.items() for c in DOSE_COEFS}
+# Without reuse (ni1) the term is exactly 0 with 0 gradient (p_theta == p_old): its row runs 0 and 25 only, to show it.
+DOSE_ARMS = {
+    f"{r}_c{c:g}": Arm(attn_coef=c, fmt="answer", **kw)
+    for r, kw in DOSE_REUSE.items()
+    for c in DOSE_COEFS
+    if r != "ni1" or c in (0.0, 25.0)
+}
 FULL = dict(sft_seeds=3, rl_seeds=5, sft_steps=120, teacher_steps=300, rl_steps=100, n_eval=128)
 QUICK = dict(sft_seeds=2, rl_seeds=2, sft_steps=150, teacher_steps=200, rl_steps=20, n_eval=64)
 DOSE = dict(sft_seeds=1, rl_seeds=2)
