@@ -79,7 +79,8 @@ def test_kernel_options_name_softcap_and_sinks():
 @pytest.mark.parametrize("name", VLMS)
 def test_visual_token_ids_know_each_family(name):
     model, inputs = build_tiny_family(name)
-    expected = [5, 6] if name in ("qwen3_5_vl", "gemma4", "llava_onevision") else [5]  # these have video tokens
+    video = ("qwen2_vl", "qwen3_vl", "qwen3_5_vl", "gemma4", "llava_onevision")  # these have video tokens
+    expected = [5, 6] if name in video else [5]
     assert visual_token_ids(model) == expected
     per_row = IMAGE_TOKENS.get(name, 4)  # the builders' image placeholders match the vision tower's output
     assert (inputs["input_ids"] == 5).sum() == 2 * per_row

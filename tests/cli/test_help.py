@@ -118,7 +118,7 @@ def test_build_parser_still_builds_every_command(capsys):
     parser, handlers = cli.build_parser()
     assert sorted(handlers) == sorted(cli.SUBCOMMANDS) == sorted(c.name for c in cli.COMMANDS)
     args = parser.parse_args(["demo", "--max-steps", "3"])
-    assert args.command == "demo" and args.max_steps == 3 and args.num_generations == 4
+    assert args.command == "demo" and args.max_steps == 3 and args.num_generations == 8
     assert parser.parse_args(["grpo", "--config", "x.yaml"]).argv == ["--config", "x.yaml"]
     assert cli.main(["nope"]) == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
     assert cli.main([]) == 2 and cli.main(["--version"]) == 0
