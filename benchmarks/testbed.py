@@ -21,7 +21,7 @@ import os
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -162,6 +162,21 @@ def _rl_job(args, arm_name: str, sft_seed: int, rl_seed: int, sft_path: str, tea
     return result
 
 
+class _Inline:
+    """The executor of --jobs 1: runs each job in this process when submitted (no worker start-up)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
 def _log(msg: str, start: float) -> None:
     print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True)
 
@@ -178,7 +193,7 @@ def run(args) -> dict:
     start, out = time.perf_counter(), Path(args.output_dir)
     table = DOSE_ARMS if args.dose else ARMS
     needs_teacher = any(table[a].distill for a in args.arms)
-    pool = ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else _Inline()
     with pool:
         jobs = [pool.submit(_sft_job, args, s) for s in range(args.sft_seeds)]
         if needs_teacher:
