@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from evidence_train import Arm, load, train_rl, train_sft  # noqa: E402
-from testbed_report import dose_table, main_table, plot_dose, plot_main, summarise  # noqa: E402
+from testbed_report import dose_pivot, dose_table, main_table, plot_dose, plot_main, summarise  # noqa: E402
 
 from trl_attention.tiny import make_grounding_dataset  # noqa: E402
 from trl_attention_recipes.evaluation import (  # noqa: E402
@@ -229,7 +229,9 @@ def run(args) -> dict:
         f"half-width; the intervals of Δ are over the SFT checkpoints' means (df = {args.sft_seeds - 1}; "
         f"over all runs in the JSON). Wall time {wall / 60:.1f} min with {args.jobs} job(s)."
     )
-    table_md = dose_table(rows, DOSE_REUSE, DOSE_COEFS) if args.dose else main_table(rows)
+    table_md = main_table(rows)
+    if args.dose:
+        table_md = f"{dose_table(rows, DOSE_REUSE, DOSE_COEFS)}\n\n{dose_pivot(rows, DOSE_REUSE, DOSE_COEFS)}"
     payload = {
         "command": command,
         "config": vars(args),

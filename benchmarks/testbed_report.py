@@ -113,6 +113,22 @@ def dose_table(rows: dict, reuse: dict, coefs) -> str:
     return "\n".join(lines)
 
 
+def dose_pivot(rows: dict, reuse: dict, coefs) -> str:
+    """The dose-response in one small table: per reuse setting, Δ accuracy and Δ attention shift vs its attn_coef=0
+    run for each attn_coef > 0 (means; the intervals are in the long table)."""
+    shown = [c for c in coefs if c]
+    lines = ["| reuse | " + " | ".join(f"attn_coef {c:g}: Δacc / Δshift" for c in shown) + " |", "|" + "---|" * (1 + len(shown))]
+    for r in reuse:
+        cells = []
+        for c in shown:
+            row = rows.get(f"{r}_c{c:g}")
+            acc, shift = (row or {}).get("d_base_accuracy"), (row or {}).get("d_base_attn_shift")
+            cells.append("-" if not row else f"{_cell(acc and {'mean': acc['mean']}, signed=True)} / "
+                         f"{_cell(shift and {'mean': shift['mean']}, 4, signed=True)}")
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _bars(ax, names, stats, title):
     means = [s["mean"] for s in stats]
     errs = [s["half_width"] if math.isfinite(s.get("half_width", math.nan)) else 0.0 for s in stats]

@@ -90,3 +90,14 @@ def test_micro_run_end_to_end(tmp_path):
     assert set(payload["summary"]) == {"sft", "grpo", "ral_group"}
     assert (out / "results.md").read_text().startswith("`python benchmarks/testbed.py")
     assert (out / "results.png").stat().st_size > 10_000
+
+
+def test_dose_pivot_reads_the_paired_differences(report):
+    tb, _ = report
+    rows = {
+        "ni2_c5": {"d_base_accuracy": {"mean": 0.01, "half_width": 0.02}, "d_base_attn_shift": {"mean": 0.002}},
+        "ni2_c0": {"accuracy": {"mean": 0.3}},
+    }
+    pivot = tb.dose_pivot(rows, {"ni1": {}, "ni2": {}}, (0.0, 1.0, 5.0))
+    assert pivot.splitlines()[0] == "| reuse | attn_coef 1: Δacc / Δshift | attn_coef 5: Δacc / Δshift |"
+    assert pivot.splitlines()[2:] == ["| ni1 | - | - |", "| ni2 | - | +0.010 / +0.0020 |"]
