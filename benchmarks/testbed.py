@@ -17,6 +17,7 @@ attention moved from its SFT checkpoint's (JSD over the image tokens, same compl
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -88,6 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel, one torch thread each (1 per idle core)")
     p.add_argument("--output-dir", help="default outputs/testbed[_dose][_quick]")
     p.add_argument("--progress", action="store_true", help="show the trainers' progress bars")
+    p.add_argument("--from-json", help="re-render the tables and plot of an earlier run's results.json (no training)")
     args = p.parse_args(argv)
     defaults = {**FULL, **(QUICK if args.quick else {}), **(DOSE if args.dose else {})}
     for key, value in defaults.items():
@@ -188,9 +190,10 @@ def _brief(r: dict) -> str:
 
 def run(args) -> dict:
     """The whole benchmark; returns the JSON payload (also written to the output dir)."""
-    from evidence_report import write_results
 
     start, out = time.perf_counter(), Path(args.output_dir)
+    if args.from_json:
+        return _report(args, json.loads(Path(args.from_json).read_text()), out)
     table = DOSE_ARMS if args.dose else ARMS
     needs_teacher = any(table[a].distill for a in args.arms)
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else _Inline()
@@ -216,36 +219,45 @@ def run(args) -> dict:
             _log(f"{result['arm']:12s} sft {result['sft_seed']} rl {result['seed']}: {_brief(result)} "
                  f"({result['train_seconds']:.0f}s)", start)
     train, held = data(args)
-    chance = box_token_share(held, TASK["image_size"])
-    blind = majority_accuracy(train, held)
-    rows = summarise(runs, baselines, args.arms)
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/testbed.py", *sys.argv[1:]])
-    wall = time.perf_counter() - start
+    payload = {
+        "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/testbed.py", *sys.argv[1:]]),
+        "config": vars(args),
+        "box_token_share": box_token_share(held, TASK["image_size"]),
+        "majority_accuracy": majority_accuracy(train, held),
+        "wall_seconds": time.perf_counter() - start,
+        "baselines": baselines,
+        "runs": runs,
+    }
+    return _report(args, payload, out)
+
+
+def _report(args, payload: dict, out: Path) -> dict:
+    """Summary, tables, JSON and plot of a run's payload (`run`, or `--from-json`: its command and sizes kept)."""
+    from evidence_report import write_results
+
+    args = argparse.Namespace(**{**vars(args), **{k: v for k, v in payload["config"].items() if k != "from_json"}})
+    runs, baselines = payload["runs"], payload["baselines"]
+    rows = payload["summary"] = summarise(runs, baselines, args.arms)
+    chance, blind, wall = payload["box_token_share"], payload["majority_accuracy"], payload["wall_seconds"]
     header = (
         f"Held-out set: {args.n_eval} rows ({(TASK['image_size'] // 28) ** 2} visual tokens; the target box covers "
         f"{chance:.3f} of them on average, image-blind accuracy {blind:.3f}). {args.sft_seeds} SFT checkpoint(s) "
         f"({args.sft_steps} steps) x {args.rl_seeds} RL seed(s) per arm, {args.rl_steps} RL steps of "
         f"{args.rl_batch} completions ({args.generations} per prompt), lr {args.rl_lr:g}. Mean ± 95% t-interval "
-        f"half-width; the intervals of Δ are over the SFT checkpoints' means (df = {args.sft_seeds - 1}; "
-        f"over all runs in the JSON). Wall time {wall / 60:.1f} min with {args.jobs} job(s)."
+        f"half-width; the intervals of Δ are "
+        + (
+            f"over the SFT checkpoints' means (df = {args.sft_seeds - 1}; over all runs in the JSON)"
+            if args.sft_seeds > 1
+            else f"over the {args.rl_seeds} paired RL seeds (one SFT checkpoint)"
+        )
+        + f". Wall time {wall / 60:.1f} min with {args.jobs} job(s)."
     )
-    table_md = main_table(rows)
     if args.dose:
         table_md = f"{dose_table(rows, DOSE_REUSE, DOSE_COEFS)}\n\n{dose_pivot(rows, DOSE_REUSE, DOSE_COEFS)}"
-    payload = {
-        "command": command,
-        "config": vars(args),
-        "box_token_share": chance,
-        "majority_accuracy": blind,
-        "wall_seconds": wall,
-        "summary": rows,
-        "baselines": baselines,
-        "runs": runs,
-    }
-    if args.dose:
-        write_results(out, command, header, table_md, payload, lambda p: plot_dose(rows, DOSE_REUSE, DOSE_COEFS, p))
+        draw = lambda path: plot_dose(rows, DOSE_REUSE, DOSE_COEFS, path)  # noqa: E731
     else:
-        write_results(out, command, header, table_md, payload, lambda p: plot_main(rows, baselines, p))
+        table_md, draw = main_table(rows), lambda path: plot_main(rows, baselines, path)  # noqa: E731
+    write_results(out, payload["command"], header, table_md, payload, draw)
     return payload
 
 

@@ -19,11 +19,14 @@ METRICS = ("accuracy", "answer_format", "region_share", "lift", "attn_shift", "a
 
 
 def clustered(pairs) -> dict:
-    """mean_ci over the per-cluster means of (cluster, value) pairs."""
+    """mean_ci over the per-cluster means of (cluster, value) pairs; with a single cluster (one SFT checkpoint, the
+    dose-response) over its values, the only spread there is (marked `"over": "runs"`)."""
     groups: dict = {}
     for cluster, value in pairs:
         if value is not None and math.isfinite(value):
             groups.setdefault(cluster, []).append(value)
+    if len(groups) == 1:
+        return {**mean_ci(next(iter(groups.values()))), "over": "runs"}
     return mean_ci([sum(v) / len(v) for v in groups.values()])
 
 
@@ -153,17 +156,24 @@ def plot_main(rows: dict, baselines: dict, path: Path) -> None:
 
 
 def plot_dose(rows: dict, reuse: dict, coefs, path: Path) -> None:
-    """Accuracy, lift and attention shift against attn_coef, one line per reuse setting."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    for ax, key in zip(axes, ("accuracy", "lift", "attn_shift")):
+    """Against attn_coef, one line per reuse setting: the paired Δ accuracy, Δ lift and Δ attention shift vs the same
+    reuse setting at attn_coef 0 (means over the seeds; the intervals are in the table), and the largest train-time
+    JSD(p_theta || p_old), how far the policy drifted from the rollouts' (the term's lever)."""
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    panels = (("d_base_accuracy", "Δ accuracy vs attn_coef 0"), ("d_base_lift", "Δ lift vs attn_coef 0"),
+              ("d_base_attn_shift", "Δ attn shift vs attn_coef 0"), ("attn_divergence_max", "max train JSD(p_θ‖p_old)"))
+    for ax, (key, title) in zip(axes, panels):
         for r in reuse:
-            stats = [rows.get(f"{r}_c{c:g}", {}).get(key) for c in coefs]
-            xs = [i for i, s in enumerate(stats) if s]
-            ax.errorbar(xs, [stats[i]["mean"] for i in xs], capsize=3, marker="o", label=r,
-                        yerr=[stats[i]["half_width"] if math.isfinite(stats[i]["half_width"]) else 0 for i in xs])
+            points = [(i, rows[f"{r}_c{c:g}"][key]["mean"]) for i, c in enumerate(coefs)
+                      if key in rows.get(f"{r}_c{c:g}", {}) and math.isfinite(rows[f"{r}_c{c:g}"][key]["mean"])]
+            if key.startswith("d_base") and f"{r}_c0" in rows:
+                points = [(0, 0.0), *points]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=r)
+        ax.axhline(0.0, color="k", lw=0.8)
         ax.set_xticks(range(len(coefs)), [f"{c:g}" for c in coefs])
         ax.set_xlabel("attn_coef")
-        ax.set_title(key.replace("_", " "), fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -90,6 +90,11 @@ def test_micro_run_end_to_end(tmp_path):
     assert set(payload["summary"]) == {"sft", "grpo", "ral_group"}
     assert (out / "results.md").read_text().startswith("`python benchmarks/testbed.py")
     assert (out / "results.png").stat().st_size > 10_000
+    again = tmp_path / "again"  # --from-json re-renders the same tables without training
+    argv = [str(BENCHMARKS / "testbed.py"), "--from-json", str(out / "results.json"), "--output-dir", str(again)]
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (again / "results.md").read_text() == (out / "results.md").read_text()
 
 
 def test_dose_pivot_reads_the_paired_differences(report):
