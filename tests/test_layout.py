@@ -180,6 +180,16 @@ def test_no_module_over_400_lines():
     assert set(long) <= set(LONG_MODULES), {path: n for path, n in long.items() if path not in LONG_MODULES}
 
 
+def test_the_demo_command_module_imports_first_in_a_fresh_interpreter():
+    """The CLI loads its added commands on first use, not at import (a circular import before)."""
+    import subprocess
+    import sys
+
+    code = "import trl_attention_recipes.demo_command as d; from trl_attention import cli; print(d.COMMAND in cli.COMMANDS)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+
+
 def test_the_demo_command_is_a_recipe_the_cli_finds_through_its_entry_point():
     from trl_attention import cli
 

@@ -99,7 +99,7 @@ def build_parser(load: typing.Iterable[str] | None = None) -> tuple[argparse.Arg
     `load`: the commands whose module is imported to build their full parser (default: all). The others get a
     placeholder parser and no handler, so a parser for `--help` or for one command imports only what it needs.
     """
-    load = set(SUBCOMMANDS if load is None else load)
+    load = set((c.name for c in all_commands()) if load is None else load)
     parser = argparse.ArgumentParser(
         prog="trl-attention",
         description="Train and steer multimodal LLMs on where they look (TRL extension).",
@@ -108,7 +108,7 @@ def build_parser(load: typing.Iterable[str] | None = None) -> tuple[argparse.Arg
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     handlers = {}
-    for command in COMMANDS:
+    for command in all_commands():
         if command.name in load:
             handlers[command.name] = importlib.import_module(command.module, __name__).register(commands, command)
         else:
@@ -150,9 +150,25 @@ def _added_commands() -> tuple[Command, ...]:
     return tuple(added)
 
 
-# Loaded last: an added command's module imports `Command` and `add_dataclass_arguments` from here.
-COMMANDS = _added_commands() + BUILTIN_COMMANDS
-SUBCOMMANDS = [command.name for command in COMMANDS]
+_COMMANDS: tuple | None = None
+
+
+def all_commands() -> tuple[Command, ...]:
+    """The added commands, then the built-in ones: `COMMANDS`. Loaded on first use, not at import: an added
+    command's module imports `Command` and `add_dataclass_arguments` from here, and importing that module first
+    (the demo's, say) must not find this package loading it back half-initialised."""
+    global _COMMANDS
+    if _COMMANDS is None:
+        _COMMANDS = _added_commands() + BUILTIN_COMMANDS
+    return _COMMANDS
+
+
+def __getattr__(name: str):
+    if name == "COMMANDS":
+        return all_commands()
+    if name == "SUBCOMMANDS":
+        return [command.name for command in all_commands()]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
