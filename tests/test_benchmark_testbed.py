@@ -70,6 +70,20 @@ def test_attention_shift_is_zero_for_the_same_model_and_bounded():
     assert attention_shift(model, model, processor, rows, completions) == 0.0
     shift = attention_shift(model, other, processor, rows, completions)
     assert 0.0 < shift <= math.log(2)
+    # by hand: the library's JSD of the two answer-token image grids per row, averaged over rows with a completion
+    import torch
+
+    from trl_attention.losses import jsd
+    from trl_attention.plotting import capture_image_attention
+    from trl_attention_recipes.evaluation import answer_rows
+
+    def grid(m, i):
+        att = capture_image_attention(m, processor, rows[i]["prompt"], rows[i]["image"], completion=completions[i])
+        g = torch.tensor(att.select(answer_rows(processor.tokenizer, completions[i], att.grids.shape[0])))
+        return (g / g.sum()).flatten().double()
+
+    hand = sum(float(jsd(grid(model, i), grid(other, i))) for i in range(2)) / 2
+    assert shift == pytest.approx(hand, rel=1e-6, abs=1e-9)
 
 
 def test_micro_run_end_to_end(tmp_path):

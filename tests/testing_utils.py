@@ -11,6 +11,20 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository: README.md, example
 PROMPTS = ["the red square is", "what colour is the circle", "where is the blue triangle", "name a shape"]
 
 
+def eager_completion_heads(state_dict, batch, layer: int = -1) -> torch.Tensor:
+    """(B, H, C, T) per-head eager attention (`output_attentions`) of a GRPO batch's completion rows, from the tiny
+    LM with these parameters: the independent reference the RAL tests compare the captured rows against."""
+    from trl_attention.tiny import build_tiny_lm
+
+    eager, _ = build_tiny_lm(seed=0, attn_implementation="eager")
+    eager.load_state_dict(state_dict)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    rows = batch["completion_ids"].size(1)
+    with torch.no_grad():
+        return eager(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[layer][:, :, -rows:]
+
+
 def length_reward(completions, **kwargs):
     """Dense, varied reward so GRPO advantages are non-zero with a random tiny model."""
     return [len(set(c if isinstance(c, str) else c[0]["content"])) / 10.0 for c in completions]

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from tests.testing_utils import length_reward, trainer_args
+from tests.testing_utils import eager_completion_heads, length_reward, trainer_args
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer, CaptureError
 from trl_attention.losses import attention_divergence, attention_policy, kl
 from trl_attention.tiny import build_tiny_lm
@@ -39,12 +39,7 @@ def _trainer(tmp_path, text_dataset, **overrides):
 
 
 def _eager_rows(trainer, batch, layer):
-    eager, _ = build_tiny_lm(seed=0, attn_implementation="eager")
-    eager.load_state_dict(trainer.model.state_dict())
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-    rows = batch["completion_ids"].size(1)
-    return eager(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[layer].mean(1)[:, -rows:]
+    return eager_completion_heads(trainer.model.state_dict(), batch, layer).mean(1)
 
 
 def _term(trainer, batch):

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from tests.testing_utils import length_reward, trainer_args
+from tests.testing_utils import eager_completion_heads, length_reward, trainer_args
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
 from trl_attention.losses import jsd
 from trl_attention.ral.group_reference import group_attention_target, prompt_attention
@@ -49,16 +49,6 @@ def _trainer(tmp_path, text_dataset, **overrides):
     return trainer
 
 
-def _eager_rows(state_dict, batch):
-    eager, _ = build_tiny_lm(seed=0, attn_implementation="eager")
-    eager.load_state_dict(state_dict)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-    rows = batch["completion_ids"].size(1)
-    with torch.no_grad():
-        return eager(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[-1].mean(1)[:, -rows:]
-
-
 def test_group_term_equals_hand_computation_and_acts_without_reuse(tmp_path, text_dataset):
     trainer = _trainer(tmp_path, text_dataset, learning_rate=0.0)  # weights stay the rollout policy's
     assert trainer.num_iterations == 1  # no reuse: the paper's term would be exactly 0 with 0 gradient
@@ -66,7 +56,7 @@ def test_group_term_equals_hand_computation_and_acts_without_reuse(tmp_path, tex
     trainer.train()
     batch = dict(trainer._buffered_inputs[0])
     prompt_len = batch["prompt_ids"].size(1)
-    rows = _eager_rows(initial, batch)
+    rows = eager_completion_heads(initial, batch).mean(1)
     advantages = batch["advantages"]
     assert (advantages > 0).any() and (advantages < 0).any()
     # the shuffled batch: regroup rows by prompt (the rollouts of one prompt share prompt_ids) to rebuild q_g by hand

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from tests.testing_utils import length_reward, trainer_args
+from tests.testing_utils import eager_completion_heads, length_reward, trainer_args
 from trl_attention import AttentionGRPOConfig, AttentionGRPOTrainer
 from trl_attention.losses import attention_policy, jsd, kl
 from trl_attention.ral.arguments import RALArguments
@@ -33,17 +33,6 @@ def _trainer(tmp_path, text_dataset, trainer_cls=AttentionGRPOTrainer, teacher=N
         )
         trainer.train()
     return trainer
-
-
-def _eager_heads(state_dict, batch, layer):
-    """(B, H, C, T) per-head eager attention of the completion rows, from a model with these parameters."""
-    eager, _ = build_tiny_lm(seed=0, attn_implementation="eager")
-    eager.load_state_dict(state_dict)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-    rows = batch["completion_ids"].size(1)
-    with torch.no_grad():
-        return eager(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[layer][:, :, -rows:]
 
 
 def _term(trainer, batch):
@@ -88,7 +77,7 @@ def test_per_head_term_equals_hand_computation(tmp_path, text_dataset, divergenc
     assert old.shape == (*batch["completion_ids"].shape[:1], heads, batch["completion_ids"].size(1), old.size(-1))
     old = torch.softmax(torch.randn(old.shape, generator=torch.Generator().manual_seed(0)), -1)
     batch["old_attention_probs"] = old
-    p_theta = _eager_heads(trainer.model.state_dict(), batch, -1)
+    p_theta = eager_completion_heads(trainer.model.state_dict(), batch, -1)
     hand = _hand(batch, _per_head(divergence, p_theta, old))
     assert hand.abs() > 1e-6
     torch.testing.assert_close(_term(trainer, batch), hand, atol=1e-6, rtol=1e-4)
@@ -108,7 +97,7 @@ def test_per_head_with_several_layers(tmp_path, text_dataset):
     old = torch.softmax(torch.randn(old.shape, generator=torch.Generator().manual_seed(1)), -1)
     batch["old_attention_probs"] = old
     state = trainer.model.state_dict()
-    terms = [_per_head("jsd", _eager_heads(state, batch, layer), old[:, i]) for i, layer in enumerate([1, -1])]
+    terms = [_per_head("jsd", eager_completion_heads(state, batch, layer), old[:, i]) for i, layer in enumerate([1, -1])]
     hand = _hand(batch, (terms[0] + terms[1]) / 2)
     torch.testing.assert_close(_term(trainer, batch), hand, atol=1e-6, rtol=1e-4)
     batch["old_attention_probs"] = old[:, 0]  # one layer's p_old for a two-layer term: a clear error
@@ -138,7 +127,7 @@ def test_per_head_old_attention_travels_aligned_through_shuffle_and_split(tmp_pa
     )
     assert len(seen) == 2
     for batch in seen:  # both halves were scored by the initial parameters
-        ref = _eager_heads(initial.state_dict(), batch, -1)
+        ref = eager_completion_heads(initial.state_dict(), batch, -1)
         valid = batch["completion_mask"].bool()
         got = batch["old_attention_probs"]
         torch.testing.assert_close(got.transpose(1, 2)[valid], ref.transpose(1, 2)[valid], atol=1e-5, rtol=0)
